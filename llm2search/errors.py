@@ -1,0 +1,35 @@
+"""One user-facing error hierarchy. The CLI prints any of these as a single line and exits 1."""
+
+from __future__ import annotations
+
+
+class Llm2SearchError(Exception):
+    """Base class for errors meant for the user: the message says what went wrong and what to do."""
+
+
+class IndexNotFoundError(Llm2SearchError):
+    """No index at the given location."""
+
+
+class IndexCorruptError(Llm2SearchError):
+    """The manifest or a shard it names cannot be read."""
+
+
+class ModelMismatchError(Llm2SearchError):
+    """The model asked for is not the model the index was built with."""
+
+
+class ModelLoadError(Llm2SearchError):
+    """A model could not be found, trusted or loaded."""
+
+
+class InvalidQueryError(Llm2SearchError):
+    """The query text or search parameters are not usable."""
+
+
+class InputPathError(Llm2SearchError):
+    """A path given by the user does not exist or is not what was expected."""
+
+
+class IndexLockedError(Llm2SearchError):
+    """Another process is writing to the same index."""

@@ -1,0 +1,1 @@
+"""Offline indexer: scan, change detection, decode + preprocess, streaming pipeline."""

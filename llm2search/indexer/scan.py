@@ -1,0 +1,78 @@
+"""Walk a photo folder: image files by extension, symlinks followed once, problems reported."""
+
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+IMAGE_EXTENSIONS = frozenset({
+    ".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff",
+    ".heic", ".heif",
+})
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    path: str  # absolute; os.fsdecode form, so non-UTF-8 names survive (surrogate escapes)
+    size: int
+    mtime_ns: int
+
+
+@dataclass(frozen=True)
+class ScanProblem:
+    path: str
+    reason: str
+
+
+def scan(root: Path) -> Iterator[FileEntry | ScanProblem]:
+    """Yield image files under `root` (or `root` itself), sorted per directory for stable order.
+    Directory symlinks are followed once per real directory, so loops end."""
+    root = Path(os.path.abspath(root))
+    if root.is_file():
+        entry = _stat_entry(str(root))
+        if entry is not None:
+            yield entry
+        return
+    seen: set[tuple[int, int]] = set()
+    stack = [str(root)]
+    while stack:
+        directory = stack.pop()
+        try:
+            st = os.stat(directory)
+            if (st.st_dev, st.st_ino) in seen:
+                continue
+            seen.add((st.st_dev, st.st_ino))
+            with os.scandir(directory) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as e:
+            yield ScanProblem(directory, f"cannot read directory: {e.strerror or e}")
+            continue
+        subdirs = []
+        for e in entries:
+            try:
+                if e.is_dir(follow_symlinks=True):
+                    if not e.name.startswith("."):
+                        subdirs.append(e.path)
+                    continue
+            except OSError as err:
+                yield ScanProblem(e.path, f"cannot stat: {err.strerror or err}")
+                continue
+            if os.path.splitext(e.name)[1].lower() not in IMAGE_EXTENSIONS:
+                continue
+            try:
+                st = e.stat(follow_symlinks=True)
+            except OSError as err:
+                reason = "broken symlink" if e.is_symlink() else f"cannot stat: {err.strerror or err}"
+                yield ScanProblem(e.path, reason)
+                continue
+            if stat.S_ISREG(st.st_mode):
+                yield FileEntry(e.path, st.st_size, st.st_mtime_ns)
+        stack.extend(reversed(subdirs))
+
+
+def _stat_entry(path: str) -> FileEntry | None:
+    st = os.stat(path)
+    return FileEntry(path, st.st_size, st.st_mtime_ns) if stat.S_ISREG(st.st_mode) else None

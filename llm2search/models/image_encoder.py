@@ -1,0 +1,47 @@
+"""Images to unit vectors with the LLM2CLIP vision tower."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .spec import ModelSpec
+
+
+class ImageEncoder:
+    """Takes uint8 centre crops (N, S, S, 3) from `preprocess.decode_image`; returns (N, dim) float32
+    unit vectors. Normalisation runs on the device; on a GPU the batch goes through pinned memory
+    with a non-blocking copy and the tower runs in fp16."""
+
+    def __init__(self, clip_model: Any, spec: ModelSpec, device: str):
+        import torch
+
+        self.model = clip_model
+        self.spec = spec
+        self.device = device
+        self.dtype = next(clip_model.parameters()).dtype
+        shape = (1, 3, 1, 1)
+        self._mean = torch.tensor(spec.preprocess.mean, device=device).view(shape) * 255.0
+        self._std = torch.tensor(spec.preprocess.std, device=device).view(shape) * 255.0
+
+    @property
+    def dim(self) -> int:
+        return self.spec.dim
+
+    def encode(self, pixels: np.ndarray) -> np.ndarray:
+        import torch
+
+        size = self.spec.preprocess.image_size
+        if pixels.ndim != 4 or pixels.shape[1:] != (size, size, 3):
+            raise ValueError(f"expected uint8 crops of shape (N, {size}, {size}, 3), got {pixels.shape}")
+        batch = torch.from_numpy(np.ascontiguousarray(pixels))
+        on_gpu = self.device.startswith("cuda")
+        if on_gpu:
+            batch = batch.pin_memory()
+        with torch.inference_mode():
+            x = batch.to(self.device, non_blocking=on_gpu).permute(0, 3, 1, 2).float()
+            x = ((x - self._mean) / self._std).to(self.dtype)
+            features = self.model.get_image_features(pixel_values=x).float()
+            features = torch.nn.functional.normalize(features, dim=-1)
+        return features.cpu().numpy()

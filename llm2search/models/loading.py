@@ -1,0 +1,108 @@
+"""Load LLM2CLIP's two halves through the real paths: AutoModel with the checkpoint's own remote
+code for the vision tower + adapter, and llm2vec over the bidirectional Llama for text."""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+from typing import Any
+
+from ..errors import ModelLoadError
+from .spec import ModelSpec
+
+log = logging.getLogger(__name__)
+_COMMIT = re.compile(r"^[0-9a-f]{40}$")
+
+
+def pick_device(requested: str | None = None) -> str:
+    """`auto` (or None) means the first CUDA GPU when there is one, else the CPU."""
+    import torch
+
+    if requested in (None, "", "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if requested.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelLoadError(f"--device {requested} asked for a GPU but torch sees none; use --device cpu")
+    return requested
+
+
+def model_dtype(device: str, prefer_bf16: bool = False) -> Any:
+    """fp16 (or bf16 for the LLM) on a GPU, fp32 on the CPU where half precision is slow."""
+    import torch
+
+    if not device.startswith("cuda"):
+        return torch.float32
+    if prefer_bf16 and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float16
+
+
+def _source(path_or_id: str, revision: str | None, local: bool) -> tuple[str, dict[str, Any]]:
+    """Where to load from, and whether remote code may run: only a pinned hub revision or a
+    directory the user named explicitly."""
+    if local:
+        if not Path(path_or_id).is_dir():
+            raise ModelLoadError(f"model directory {path_or_id} does not exist")
+        return path_or_id, {"trust_remote_code": True}
+    if revision is None or not _COMMIT.match(revision):
+        raise ModelLoadError(
+            f"{path_or_id} has no pinned revision in this version of llm2search, so its remote code "
+            "is not trusted; download it (huggingface-cli download) and pass the local copy "
+            "with --model DIR (see README, 'Using a local copy of the weights')"
+        )
+    return path_or_id, {"trust_remote_code": True, "revision": revision}
+
+
+def load_clip_model(spec: ModelSpec, device: str) -> Any:
+    """The LLM2CLIP vision tower, visual projection and text adapter, in eval mode on `device`."""
+    from transformers import AutoModel
+
+    source, kwargs = _source(spec.vision, spec.vision_revision, spec.local)
+    try:
+        model = AutoModel.from_pretrained(source, torch_dtype=model_dtype(device), **kwargs)
+    except (OSError, ValueError, ImportError) as e:
+        raise ModelLoadError(_load_hint(source, e)) from e
+    return model.to(device).eval()
+
+
+def load_llm2vec(spec: ModelSpec, device: str) -> Any:
+    """llm2vec around the caption-contrastive Llama: left padding, pad = eos, mean pooling.
+
+    The Llama is built by llm2vec's own bidirectional class for its config (LlamaBiModel for a
+    LlamaConfig), as `LLM2Vec.from_pretrained` does, so no remote code from the text repo runs.
+    """
+    from llm2vec import LLM2Vec
+    from transformers import AutoConfig, AutoTokenizer
+
+    source = spec.text
+    if spec.local and not Path(source).is_dir():
+        raise ModelLoadError(f"model directory {source} does not exist")
+    revision = {"revision": spec.text_revision} if spec.text_revision else {}
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, **revision)
+        config = AutoConfig.from_pretrained(source, **revision)
+        model_class = LLM2Vec._get_model_class(type(config).__name__, enable_bidirectional=True)
+        model = model_class.from_pretrained(
+            source, config=config, torch_dtype=model_dtype(device, prefer_bf16=True), **revision
+        )
+    except (OSError, ValueError, ImportError) as e:
+        raise ModelLoadError(_load_hint(source, e)) from e
+    tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    # llm2vec picks its prompt template by this exact name; a local copy needs it set too.
+    model.config._name_or_path = spec.text_config.template_name or str(source)
+    max_length = spec.text_config.max_length
+    return LLM2Vec(
+        model.to(device).eval(),
+        tokenizer,
+        pooling_mode=spec.text_config.pooling_mode,
+        max_length=max_length,
+        doc_max_length=max_length,
+    )
+
+
+def _load_hint(source: str, e: Exception) -> str:
+    return (
+        f"could not load model {source}: {e}. On a machine without internet access, fill the "
+        "Hugging Face cache first (HF_HOME) or pass --model DIR with a local copy"
+    )

@@ -1,0 +1,58 @@
+"""Text to unit vectors: llm2vec mean pooling, then LLM2CLIP's adapter (`get_text_features`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..errors import InvalidQueryError
+from .spec import ModelSpec
+
+# llm2vec splits instruction from text on this marker; a query containing it would be cut.
+LLM2VEC_SEPARATOR = "!@#$%^&*()"
+# Tokens kept free for the prompt template llm2vec wraps around the text (Llama-3 header + eot).
+TEMPLATE_RESERVE = 16
+
+
+class TextEncoder:
+    def __init__(self, l2v: Any, clip_model: Any, spec: ModelSpec, device: str, batch_size: int = 32):
+        self.l2v = l2v
+        self.clip_model = clip_model
+        self.spec = spec
+        self.device = device
+        self.batch_size = batch_size
+        self._adapter_dtype = next(clip_model.text_adapter.parameters()).dtype
+
+    @property
+    def dim(self) -> int:
+        return self.spec.dim
+
+    def clean(self, text: str) -> str:
+        """Reject empty text; drop llm2vec's separator; cut to max_length tokens, because
+        llm2vec's pooling mask misaligns with the tokens of a text longer than that."""
+        if not isinstance(text, str) or not text.strip():
+            raise InvalidQueryError("the query text is empty; give a sentence such as 'a dog on a beach'")
+        text = " ".join(text.replace(LLM2VEC_SEPARATOR, " ").split())
+        budget = max(1, self.spec.text_config.max_length - TEMPLATE_RESERVE)
+        tokenizer = self.l2v.tokenizer
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        if len(ids) > budget:
+            text = tokenizer.decode(ids[:budget]).rstrip("\ufffd")  # drop a cut multi-byte char
+        return text
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        import torch
+
+        cleaned = [self.clean(t) for t in texts]
+        llm = self.l2v.encode(
+            cleaned,
+            batch_size=self.batch_size,
+            show_progress_bar=False,
+            convert_to_tensor=True,
+            device=self.device,
+        )
+        with torch.inference_mode():
+            features = self.clip_model.get_text_features(llm.to(self.device, self._adapter_dtype)).float()
+            features = torch.nn.functional.normalize(features, dim=-1)
+        return features.cpu().numpy()

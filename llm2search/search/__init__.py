@@ -1,0 +1,1 @@
+"""Query side: open shards, search, merge, re-rank, metadata."""

@@ -1,0 +1,1 @@
+"""The on-disk index format (sole owner): manifest, shards, tombstones, atomic publish."""

@@ -1,0 +1,148 @@
+"""A shard: index.faiss + meta.parquet + vectors.npy, written whole under a temporary name,
+fsynced, then renamed into place. Shards never change after publication; deletions are
+tombstone files named by the manifest."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .atomic import fsync_dir, fsync_file, write_atomic
+from .manifest import SHARDS, ShardInfo
+from .vector_index import build_shard_index, read_index, write_index
+
+INDEX_FILE = "index.faiss"
+META_FILE = "meta.parquet"
+VECTORS_FILE = "vectors.npy"
+
+META_SCHEMA = pa.schema([
+    ("path", pa.string()),  # absolute path (surrogate-escaped if the name is not UTF-8)
+    ("size", pa.int64()),
+    ("mtime_ns", pa.int64()),
+    ("content_hash", pa.string()),  # blake2b-128 of the file bytes
+    ("width", pa.int32()),
+    ("height", pa.int32()),
+    ("format", pa.string()),
+    ("exif_time", pa.int64()),  # capture time, epoch seconds; null when the file has none
+    ("indexed_at", pa.int64()),  # epoch seconds
+    ("deleted", pa.bool_()),  # false at write; deletions live in tombstone files
+])
+
+
+@dataclass
+class ShardData:
+    """What a shard is made of before it is written."""
+
+    vectors: np.ndarray  # (n, dim) unit vectors
+    meta: pa.Table  # META_SCHEMA, one row per vector, same order
+
+
+def new_shard_name(seq: int) -> str:
+    return f"{seq:06d}-{uuid.uuid4().hex[:8]}"
+
+
+def write_shard(index_dir: Path, name: str, data: ShardData, trained: Any | None) -> ShardInfo:
+    """Build the shard in `shards/.tmp-<name>`, fsync every file, rename to `shards/<name>`."""
+    shards = Path(index_dir) / SHARDS
+    shards.mkdir(parents=True, exist_ok=True)
+    tmp = shards / f".tmp-{name}"
+    final = shards / name
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    vectors16 = np.ascontiguousarray(data.vectors, dtype=np.float16)
+    np.save(tmp / VECTORS_FILE, vectors16)
+    # The index is built from the stored float16 values so re-rank and index agree exactly.
+    write_index(build_shard_index(vectors16.astype(np.float32), trained), tmp / INDEX_FILE)
+    pq.write_table(data.meta.cast(META_SCHEMA), tmp / META_FILE, compression="zstd")
+    files = {}
+    for f in (INDEX_FILE, META_FILE, VECTORS_FILE):
+        fsync_file(tmp / f)
+        files[f] = sha256_file(tmp / f)
+    fsync_dir(tmp)
+    os.replace(tmp, final)
+    fsync_dir(shards)
+    return ShardInfo(name=name, count=len(vectors16), files=files)
+
+
+def reindex_shard(index_dir: Path, old: ShardInfo, new_name: str, trained: Any | None) -> ShardInfo:
+    """Same rows under a new name with an index built from the stored vectors (after training a
+    new quantizer). Metadata and vectors are hard-linked, so nothing is re-embedded or copied."""
+    src = shard_dir(index_dir, old.name)
+    shards = Path(index_dir) / SHARDS
+    tmp = shards / f".tmp-{new_name}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    for f in (META_FILE, VECTORS_FILE):
+        _link_or_copy(src / f, tmp / f)
+    vectors = np.load(src / VECTORS_FILE, mmap_mode="r")
+    write_index(build_shard_index(np.asarray(vectors, dtype=np.float32), trained), tmp / INDEX_FILE)
+    fsync_file(tmp / INDEX_FILE)
+    files = dict(old.files, **{INDEX_FILE: sha256_file(tmp / INDEX_FILE)})
+    if old.tombstones:
+        _link_or_copy(src / old.tombstones, tmp / old.tombstones)
+    fsync_dir(tmp)
+    os.replace(tmp, shards / new_name)
+    fsync_dir(shards)
+    return ShardInfo(new_name, old.count, files, old.tombstones, old.deleted)
+
+
+def write_tombstones(index_dir: Path, shard: ShardInfo, rows: np.ndarray) -> ShardInfo:
+    """A new tombstone file for `shard` holding all deleted rows (old and new); copy-on-write."""
+    all_rows = np.union1d(read_tombstones(index_dir, shard), rows.astype(np.int64))
+    digest = hashlib.sha256(all_rows.tobytes()).hexdigest()[:12]
+    name = f"tombstones-{digest}.npy"
+    path = shard_dir(index_dir, shard.name) / name
+    if not path.exists():
+        write_atomic(path, lambda tmp: _save_npy(tmp, all_rows))
+    return ShardInfo(shard.name, shard.count, shard.files, name, int(len(all_rows)))
+
+
+def read_tombstones(index_dir: Path, shard: ShardInfo) -> np.ndarray:
+    if not shard.tombstones:
+        return np.empty(0, dtype=np.int64)
+    return np.load(shard_dir(index_dir, shard.name) / shard.tombstones)
+
+
+def shard_dir(index_dir: Path, name: str) -> Path:
+    return Path(index_dir) / SHARDS / name
+
+
+def open_shard_index(index_dir: Path, shard: ShardInfo) -> Any:
+    return read_index(shard_dir(index_dir, shard.name) / INDEX_FILE, mmap=True)
+
+
+def open_shard_vectors(index_dir: Path, shard: ShardInfo) -> np.ndarray:
+    return np.load(shard_dir(index_dir, shard.name) / VECTORS_FILE, mmap_mode="r")
+
+
+def read_shard_meta(index_dir: Path, shard: ShardInfo, columns: list[str] | None = None) -> pa.Table:
+    return pq.read_table(shard_dir(index_dir, shard.name) / META_FILE, columns=columns)
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _save_npy(path: Path, arr: np.ndarray) -> None:
+    with open(path, "wb") as fh:
+        np.save(fh, arr)
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)

@@ -1,0 +1,207 @@
+"""The only code that changes an index on disk. Every change is a new shard or tombstone file
+followed by one atomic manifest commit; a kill at any moment leaves the last commit intact."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ..errors import IndexLockedError, ModelMismatchError
+from ..models.spec import identities_match
+from .atomic import write_atomic
+from .manifest import (
+    ERRORS, SHARDS, TRAINED, Manifest, ShardInfo, commit_manifest, index_exists, read_manifest,
+)
+from .shard import (
+    ShardData, new_shard_name, open_shard_vectors, read_tombstones, reindex_shard, sha256_file,
+    write_shard, write_tombstones,
+)
+from .vector_index import IndexConfig, choose_nlist, read_index, train_ivfpq, write_index
+
+ERRORS_SCHEMA = pa.schema([
+    ("path", pa.string()),
+    ("size", pa.int64()),
+    ("mtime_ns", pa.int64()),
+    ("reason", pa.string()),
+    ("time", pa.int64()),
+])
+LOCK_FILE = ".lock"
+
+
+class IndexWriter:
+    """Holds the index's writer lock; use as a context manager."""
+
+    def __init__(self, index_dir: Path, model_identity: dict[str, Any], dim: int,
+                 config: IndexConfig = IndexConfig()):
+        self.dir = Path(index_dir)
+        self.config = config
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._lock_fh = _acquire_lock(self.dir / LOCK_FILE)
+        if index_exists(self.dir):
+            manifest = read_manifest(self.dir)
+            if not identities_match(manifest.model, model_identity):
+                self.close()
+                raise ModelMismatchError(
+                    f"the index at {self.dir} was built with model {manifest.model.get('name')!r} "
+                    f"and cannot take vectors from {model_identity.get('name')!r}; use "
+                    "--model with the index's model, or a new --index directory"
+                )
+            self.manifest = manifest
+        else:
+            self.manifest = commit_manifest(self.dir, Manifest(model=model_identity, dim=dim))
+        self._trained: Any | None = None
+        self._seq = 1 + max((int(s.name.split("-")[0]) for s in self.manifest.shards), default=0)
+        collect_garbage(self.dir, self.manifest)
+
+    def __enter__(self) -> "IndexWriter":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._lock_fh is not None:
+            self._lock_fh.close()
+            self._lock_fh = None
+
+    # -- commits -------------------------------------------------------------------------
+    def commit(self, new_shard: ShardData | None = None,
+               deletions: dict[str, np.ndarray] | None = None,
+               errors: pa.Table | None = None) -> Manifest:
+        """Publish a new shard, tombstones and the error list together, in one manifest commit."""
+        shards = list(self.manifest.shards)
+        if deletions:
+            shards = [
+                write_tombstones(self.dir, s, deletions[s.name]) if s.name in deletions else s
+                for s in shards
+            ]
+        if new_shard is not None and len(new_shard.vectors):
+            shards.append(write_shard(self.dir, self._next_name(), new_shard, self._trained_index()))
+        errors_file = self.manifest.errors_file
+        if errors is not None:
+            errors_file = self._write_errors(errors)
+        self.manifest = commit_manifest(
+            self.dir, replace(self.manifest, shards=tuple(shards), errors_file=errors_file)
+        )
+        return self.manifest
+
+    def maybe_train(self, force: bool = False) -> bool:
+        """Switch to IVF-PQ past the threshold, or retrain once the collection has grown far
+        beyond the sample the quantizer saw. Uses stored vectors: nothing is re-embedded."""
+        m = self.manifest
+        n = m.count
+        if m.index_type == "flat":
+            due = n >= self.config.ivf_threshold
+        else:
+            due = n >= self.config.retrain_growth * int(m.trained["trained_on"])  # type: ignore[index]
+        if not (due or force) or n == 0:
+            return False
+        nlist = self.config.nlist or choose_nlist(n)
+        sample = self._sample_vectors(nlist * 64)
+        trained, factory = train_ivfpq(sample, nlist)
+        tmp_name = f"{TRAINED}.new-{os.getpid()}"
+        write_atomic(self.dir / tmp_name, lambda tmp: write_index(trained, tmp))
+        shards = tuple(reindex_shard(self.dir, s, self._next_name(), trained) for s in m.shards)
+        os.replace(self.dir / tmp_name, self.dir / TRAINED)
+        self.manifest = commit_manifest(self.dir, replace(
+            m, index_type="ivfpq", factory=factory, shards=shards,
+            trained={"sha256": sha256_file(self.dir / TRAINED), "trained_on": n, "factory": factory},
+        ))
+        self._trained = trained
+        collect_garbage(self.dir, self.manifest)
+        return True
+
+    def compact(self, min_rows: int) -> bool:
+        """Merge shards smaller than `min_rows` (and drop their tombstoned rows) into one."""
+        small = [s for s in self.manifest.shards if s.count < min_rows]
+        if len(small) < 2 and not any(s.deleted for s in small):
+            return False
+        parts_v, parts_m = [], []
+        for s in small:
+            keep = np.setdiff1d(np.arange(s.count), read_tombstones(self.dir, s))
+            parts_v.append(np.asarray(open_shard_vectors(self.dir, s))[keep])
+            parts_m.append(pq.read_table(self.dir / SHARDS / s.name / "meta.parquet").take(keep))
+        merged = ShardData(np.concatenate(parts_v), pa.concat_tables(parts_m))
+        keep_shards = [s for s in self.manifest.shards if s.count >= min_rows]
+        if len(merged.vectors):
+            keep_shards.append(write_shard(self.dir, self._next_name(), merged, self._trained_index()))
+        self.manifest = commit_manifest(self.dir, replace(self.manifest, shards=tuple(keep_shards)))
+        collect_garbage(self.dir, self.manifest)
+        return True
+
+    # -- helpers -------------------------------------------------------------------------
+    def _next_name(self) -> str:
+        name = new_shard_name(self._seq)
+        self._seq += 1
+        return name
+
+    def _trained_index(self) -> Any | None:
+        if self.manifest.index_type != "ivfpq":
+            return None
+        if self._trained is None:
+            self._trained = read_index(self.dir / TRAINED, mmap=False)
+        return self._trained
+
+    def _sample_vectors(self, n: int, seed: int = 0) -> np.ndarray:
+        rng = np.random.default_rng(seed)
+        total = self.manifest.count
+        fraction = min(1.0, n / max(total, 1))
+        parts = []
+        for s in self.manifest.shards:
+            live = np.setdiff1d(np.arange(s.count), read_tombstones(self.dir, s))
+            take = live if fraction >= 1 else rng.choice(live, size=int(round(len(live) * fraction)), replace=False)
+            if len(take):
+                parts.append(np.asarray(open_shard_vectors(self.dir, s))[np.sort(take)].astype(np.float32))
+        return np.concatenate(parts)
+
+    def _write_errors(self, errors: pa.Table) -> str | None:
+        if errors.num_rows == 0:
+            return None
+        path = self.dir / ERRORS
+        write_atomic(path, lambda tmp: pq.write_table(errors.cast(ERRORS_SCHEMA), tmp))
+        return ERRORS
+
+
+def read_errors(index_dir: Path, manifest: Manifest) -> pa.Table:
+    if not manifest.errors_file or not (Path(index_dir) / manifest.errors_file).exists():
+        return ERRORS_SCHEMA.empty_table()
+    return pq.read_table(Path(index_dir) / manifest.errors_file)
+
+
+def collect_garbage(index_dir: Path, manifest: Manifest) -> None:
+    """Remove shard directories and tombstone files a crash or a retrain left unreferenced."""
+    shards_dir = Path(index_dir) / SHARDS
+    if not shards_dir.is_dir():
+        return
+    live = {s.name: s for s in manifest.shards}
+    for entry in shards_dir.iterdir():
+        shard = live.get(entry.name)
+        if shard is None:
+            shutil.rmtree(entry, ignore_errors=True)
+            continue
+        for f in entry.glob("tombstones-*.npy"):
+            if f.name != shard.tombstones:
+                f.unlink(missing_ok=True)
+
+
+def _acquire_lock(path: Path) -> Any:
+    fh = open(path, "a+")
+    try:
+        import fcntl
+
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except ImportError:  # Windows: no advisory locks; single-writer is the user's job there
+        pass
+    except OSError as e:
+        fh.close()
+        raise IndexLockedError(
+            f"another llm2search process is writing to {path.parent}; wait for it to finish"
+        ) from e
+    return fh
