@@ -1,0 +1,51 @@
+"""Shared fixtures: a tiny model built once per session, generated photos, isolated homes."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_env(tmp_path_factory: pytest.TempPathFactory) -> None:
+    home = tmp_path_factory.mktemp("home")
+    # Remote code is copied into HF_HOME/modules: keep it (and any cache) out of the user's home.
+    os.environ["HF_HOME"] = str(home / "hf")
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["LLM2SEARCH_HOME"] = str(home / "llm2search")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from llm2search.models.tiny import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("model") / "tiny")
+
+
+def make_photos(folder: Path, n: int, seed: int = 0, size: tuple[int, int] = (96, 72)) -> list[Path]:
+    """Distinct random-texture photos in JPEG and PNG, some in a subfolder."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(n):
+        sub = folder / ("sub" if i % 3 == 0 else "")
+        sub.mkdir(parents=True, exist_ok=True)
+        base = rng.integers(0, 255, size=3)
+        noise = rng.integers(-60, 60, size=(size[1], size[0], 3))
+        arr = np.clip(base + noise, 0, 255).astype(np.uint8)
+        path = sub / f"photo_{i:04d}.{'png' if i % 2 else 'jpg'}"
+        Image.fromarray(arr).save(path)
+        paths.append(path)
+    return paths
+
+
+@pytest.fixture
+def photos(tmp_path: Path) -> Path:
+    folder = tmp_path / "photos"
+    make_photos(folder, 20)
+    return folder
