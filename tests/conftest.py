@@ -35,9 +35,11 @@ def make_photos(folder: Path, n: int, seed: int = 0, size: tuple[int, int] = (96
     for i in range(n):
         sub = folder / ("sub" if i % 3 == 0 else "")
         sub.mkdir(parents=True, exist_ok=True)
-        base = rng.integers(0, 255, size=3)
-        noise = rng.integers(-60, 60, size=(size[1], size[0], 3))
-        arr = np.clip(base + noise, 0, 255).astype(np.uint8)
+        # A coarse random colour layout, upscaled: distinct to a random tiny ViT, like photos are.
+        grid = rng.integers(0, 256, size=(4, 4, 3)).astype(np.uint8)
+        img = Image.fromarray(grid).resize(size, Image.Resampling.BILINEAR)
+        noise = rng.integers(-20, 20, size=(size[1], size[0], 3))
+        arr = np.clip(np.asarray(img, dtype=np.int16) + noise, 0, 255).astype(np.uint8)
         path = sub / f"photo_{i:04d}.{'png' if i % 2 else 'jpg'}"
         Image.fromarray(arr).save(path)
         paths.append(path)

@@ -7,7 +7,7 @@ Same interface as the released LLM2CLIP checkpoints: `get_image_features(pixel_v
 import torch
 from torch import nn
 from transformers import CLIPVisionConfig, PreTrainedModel
-from transformers.models.clip.modeling_clip import CLIPVisionTransformer
+from transformers.models.clip.modeling_clip import CLIPVisionEmbeddings, CLIPVisionTransformer
 
 from .configuration_clip import LLM2CLIPConfig
 
@@ -46,8 +46,15 @@ class LLM2CLIPModel(PreTrainedModel):
         self.post_init()
 
     def _init_weights(self, module):
-        if isinstance(module, nn.Linear):
-            nn.init.normal_(module.weight, std=0.02)
+        if isinstance(module, CLIPVisionEmbeddings):
+            # As transformers' CLIP: a unit-scale class token would drown the patch signal.
+            dim = module.class_embedding.shape[0]
+            nn.init.normal_(module.class_embedding, std=dim**-0.5)
+            fan_in = module.patch_embedding.weight[0].numel()
+            nn.init.normal_(module.patch_embedding.weight, std=fan_in**-0.5)
+        elif isinstance(module, nn.Linear):
+            # fan-in scaling keeps signals alive through the residual stream at any width
+            nn.init.normal_(module.weight, std=module.in_features**-0.5)
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
