@@ -46,6 +46,16 @@ def make_photos(folder: Path, n: int, seed: int = 0, size: tuple[int, int] = (96
     return paths
 
 
+def rewrite_photo(path: Path, seed: int) -> None:
+    """Replace a photo's content (new bytes, new size or mtime) keeping its name and format."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    grid = rng.integers(0, 256, size=(3, 5, 3)).astype(np.uint8)
+    Image.fromarray(grid).resize((90, 70), Image.Resampling.BILINEAR).save(path)
+    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 1_000_000_000))
+
+
 @pytest.fixture
 def photos(tmp_path: Path) -> Path:
     folder = tmp_path / "photos"

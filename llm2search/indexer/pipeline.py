@@ -33,12 +33,13 @@ class IndexingConfig:
 
     model: str | None = None  # preset, `demo` or model dir; None: the index's model, else default
     device: str | None = None  # auto: first GPU if any, else CPU
-    batch_size: int = 32
+    batch_size: int | None = None  # None: 32 on the CPU, sized to free memory on a GPU
     workers: int | None = None  # decode processes; None: cores - 1; 0: decode in-process
     shard_size: int = 100_000  # rows per shard before a new one starts
     commit_seconds: float = 60.0  # a partial shard is committed at least this often
     max_pixels: int = DEFAULT_MAX_PIXELS
     retry_errors: bool = False  # retry files that failed before even if unchanged
+    retrain: bool = False  # retrain the IVF-PQ quantizer from stored vectors now (else automatic)
     index: IndexConfig = field(default_factory=IndexConfig)
     progress: bool = True
 
@@ -87,7 +88,7 @@ def index_folder(
     with IndexWriter(index_dir, spec.identity(), spec.dim, config.index) as writer:
         run = _Run(writer, embedder, spec, config, report, str(folder))
         run.execute()
-        writer.maybe_train()
+        writer.maybe_train(force=config.retrain)
         writer.compact(min_rows=max(1, config.shard_size // 4))
         report.live = writer.manifest.count
         report.index_type = writer.manifest.index_type
@@ -117,6 +118,7 @@ class _Run:
         self.pending_rows: list[dict[str, Any]] = []
         self.deletions: dict[str, list[int]] = {}
         self.last_commit = time.monotonic()
+        self.batch_size = config.batch_size or getattr(embedder, "batch_size", lambda: 32)()
 
     def execute(self) -> None:
         todo, seen = self._plan()
@@ -126,7 +128,7 @@ class _Run:
         for item in decode_stream(todo, options, workers):
             self._take(item)
             progress(1)
-            if len(self.pending_pixels) >= self.config.batch_size:
+            if len(self.pending_pixels) >= self.batch_size:
                 self._encode_pending()
             if self._due():
                 self._commit()
@@ -204,7 +206,7 @@ class _Run:
         self.pending_pixels, self.pending_rows = [], []
 
     def _add(self, vectors: np.ndarray, rows: list[dict[str, Any]]) -> None:
-        self.vectors.append(vectors.astype(np.float32))
+        self.vectors.append(vectors.astype(np.float16))  # what the shard stores; half the RAM
         self.rows.extend(rows)
 
     def _delete(self, entry: StoredEntry) -> None:

@@ -6,8 +6,8 @@ from typing import Any
 
 import numpy as np
 
-from .image_encoder import ImageEncoder
-from .loading import load_clip_model, load_llm2vec, pick_device
+from .image_encoder import ImageEncoder, MultiDeviceImageEncoder, auto_batch_size
+from .loading import load_clip_model, load_llm2vec, pick_devices
 from .spec import ModelSpec
 from .text_encoder import TextEncoder
 
@@ -18,9 +18,10 @@ class Embedder:
 
     def __init__(self, spec: ModelSpec, device: str | None = None):
         self.spec = spec
-        self.device = pick_device(device)
+        self.devices = pick_devices(device)
+        self.device = self.devices[0]  # text and the adapter run here
         self._clip: Any = None
-        self._image: ImageEncoder | None = None
+        self._image: ImageEncoder | MultiDeviceImageEncoder | None = None
         self._text: TextEncoder | None = None
 
     @property
@@ -33,10 +34,19 @@ class Embedder:
         return self._clip
 
     @property
-    def image_encoder(self) -> ImageEncoder:
+    def image_encoder(self) -> ImageEncoder | MultiDeviceImageEncoder:
         if self._image is None:
-            self._image = ImageEncoder(self._clip_model(), self.spec, self.device)
+            first = ImageEncoder(self._clip_model(), self.spec, self.device)
+            if len(self.devices) == 1:
+                self._image = first
+            else:
+                others = [ImageEncoder(load_clip_model(self.spec, d), self.spec, d) for d in self.devices[1:]]
+                self._image = MultiDeviceImageEncoder([first, *others])
         return self._image
+
+    def batch_size(self) -> int:
+        """A good image batch for these devices (per device, times the device count)."""
+        return auto_batch_size(self.device, self.spec.preprocess.image_size) * len(self.devices)
 
     @property
     def text_encoder(self) -> TextEncoder:

@@ -26,6 +26,18 @@ def pick_device(requested: str | None = None) -> str:
     return requested
 
 
+def pick_devices(requested: str | None = None) -> list[str]:
+    """Devices for image encoding: a comma-separated list (`cuda:0,cuda:1`), or `auto`: every
+    GPU when there are several, else the single best device."""
+    import torch
+
+    if requested and "," in requested:
+        return [pick_device(d.strip()) for d in requested.split(",") if d.strip()]
+    if requested in (None, "", "auto") and torch.cuda.device_count() > 1:
+        return [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    return [pick_device(requested)]
+
+
 def model_dtype(device: str, prefer_bf16: bool = False) -> Any:
     """fp16 (or bf16 for the LLM) on a GPU, fp32 on the CPU where half precision is slow."""
     import torch

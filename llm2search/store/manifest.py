@@ -14,6 +14,7 @@ from .atomic import write_json_atomic
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 TRAINED = "trained.faiss"
+TRAINED_PREFIX = "trained-"  # trained-<sha256[:16]>.faiss: the empty IVF-PQ every shard copies
 SHARDS = "shards"
 ERRORS = "errors.parquet"
 METRIC = "inner_product"
@@ -38,7 +39,7 @@ class Manifest:
     dim: int
     index_type: str = "flat"  # "flat" (exact) or "ivfpq" (trained.faiss shared by all shards)
     factory: str = "Flat"  # faiss index_factory string of every shard
-    trained: dict[str, Any] | None = None  # {"sha256", "trained_on", "factory"} for ivfpq
+    trained: dict[str, Any] | None = None  # {"file", "sha256", "trained_on", "factory"} (ivfpq)
     shards: tuple[ShardInfo, ...] = ()
     errors_file: str | None = None  # errors.parquet when any file failed
     created: str = field(default_factory=lambda: _now())

@@ -15,6 +15,7 @@ import numpy as np
 IVF_THRESHOLD = 100_000  # live vectors at which an index switches from Flat to IVF-PQ
 DIMS_PER_SUBQUANTIZER = 8  # PQ160 for 1280-d: 80 bytes per vector with 4-bit codes
 TRAIN_POINTS_PER_LIST = 64  # k-means sample: faiss wants >= 39 per centroid
+MIN_TRAIN_POINTS = 64  # 4-bit PQ needs >= 16 points per sub-quantizer; below this stay Flat
 RETRAIN_GROWTH = 4.0  # retrain once the collection is this many times the training sample's base
 
 

@@ -17,13 +17,13 @@ from ..errors import IndexLockedError, ModelMismatchError
 from ..models.spec import identities_match
 from .atomic import write_atomic
 from .manifest import (
-    ERRORS, SHARDS, TRAINED, Manifest, ShardInfo, commit_manifest, index_exists, read_manifest,
+    ERRORS, SHARDS, TRAINED, TRAINED_PREFIX, Manifest, ShardInfo, commit_manifest, index_exists, read_manifest,
 )
 from .shard import (
     ShardData, new_shard_name, open_shard_vectors, read_tombstones, reindex_shard, sha256_file,
     write_shard, write_tombstones,
 )
-from .vector_index import IndexConfig, choose_nlist, read_index, train_ivfpq, write_index
+from .vector_index import MIN_TRAIN_POINTS, IndexConfig, choose_nlist, read_index, train_ivfpq, write_index
 
 ERRORS_SCHEMA = pa.schema([
     ("path", pa.string()),
@@ -33,6 +33,26 @@ ERRORS_SCHEMA = pa.schema([
     ("time", pa.int64()),
 ])
 LOCK_FILE = ".lock"
+CRASH_ENV = "LLM2SEARCH_CRASH_AT"  # tests only: "point" or "point:n" kills the process (SIGKILL)
+
+
+def crash_point(name: str) -> None:
+    """Die like `kill -9` at a named point when a crash test asks for it (faiss contrib style)."""
+    spec = os.environ.get(CRASH_ENV)
+    if not spec:
+        return
+    point, _, nth = spec.partition(":")
+    if point != name:
+        return
+    count = _crash_counts.get(name, 0) + 1
+    _crash_counts[name] = count
+    if count >= int(nth or 1):
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+_crash_counts: dict[str, int] = {}
 
 
 class IndexWriter:
@@ -82,11 +102,14 @@ class IndexWriter:
                 write_tombstones(self.dir, s, deletions[s.name]) if s.name in deletions else s
                 for s in shards
             ]
+        crash_point("after_tombstones")
         if new_shard is not None and len(new_shard.vectors):
             shards.append(write_shard(self.dir, self._next_name(), new_shard, self._trained_index()))
+        crash_point("after_shard")
         errors_file = self.manifest.errors_file
         if errors is not None:
             errors_file = self._write_errors(errors)
+        crash_point("before_manifest")
         self.manifest = commit_manifest(
             self.dir, replace(self.manifest, shards=tuple(shards), errors_file=errors_file)
         )
@@ -101,18 +124,22 @@ class IndexWriter:
             due = n >= self.config.ivf_threshold
         else:
             due = n >= self.config.retrain_growth * int(m.trained["trained_on"])  # type: ignore[index]
-        if not (due or force) or n == 0:
+        if not (due or force) or n < MIN_TRAIN_POINTS:
             return False
         nlist = self.config.nlist or choose_nlist(n)
         sample = self._sample_vectors(nlist * 64)
         trained, factory = train_ivfpq(sample, nlist)
-        tmp_name = f"{TRAINED}.new-{os.getpid()}"
-        write_atomic(self.dir / tmp_name, lambda tmp: write_index(trained, tmp))
+        # Content-named, so the manifest commit alone decides which quantizer is current.
+        tmp = self.dir / f".{TRAINED}.tmp-{os.getpid()}"
+        write_atomic(tmp, lambda path: write_index(trained, path))
+        digest = sha256_file(tmp)
+        trained_file = f"{TRAINED_PREFIX}{digest[:16]}.faiss"
+        os.replace(tmp, self.dir / trained_file)
         shards = tuple(reindex_shard(self.dir, s, self._next_name(), trained) for s in m.shards)
-        os.replace(self.dir / tmp_name, self.dir / TRAINED)
+        crash_point("retrain_before_manifest")
         self.manifest = commit_manifest(self.dir, replace(
             m, index_type="ivfpq", factory=factory, shards=shards,
-            trained={"sha256": sha256_file(self.dir / TRAINED), "trained_on": n, "factory": factory},
+            trained={"file": trained_file, "sha256": digest, "trained_on": n, "factory": factory},
         ))
         self._trained = trained
         collect_garbage(self.dir, self.manifest)
@@ -146,7 +173,7 @@ class IndexWriter:
         if self.manifest.index_type != "ivfpq":
             return None
         if self._trained is None:
-            self._trained = read_index(self.dir / TRAINED, mmap=False)
+            self._trained = read_index(self.dir / self.manifest.trained["file"], mmap=False)  # type: ignore[index]
         return self._trained
 
     def _sample_vectors(self, n: int, seed: int = 0) -> np.ndarray:
@@ -177,6 +204,12 @@ def read_errors(index_dir: Path, manifest: Manifest) -> pa.Table:
 
 def collect_garbage(index_dir: Path, manifest: Manifest) -> None:
     """Remove shard directories and tombstone files a crash or a retrain left unreferenced."""
+    for leftover in Path(index_dir).glob(".*.tmp-*"):  # half-written manifest or errors file
+        leftover.unlink(missing_ok=True)
+    current = (manifest.trained or {}).get("file")
+    for leftover in Path(index_dir).glob(f"{TRAINED_PREFIX}*.faiss"):
+        if leftover.name != current:
+            leftover.unlink(missing_ok=True)
     shards_dir = Path(index_dir) / SHARDS
     if not shards_dir.is_dir():
         return
