@@ -61,3 +61,17 @@ def photos(tmp_path: Path) -> Path:
     folder = tmp_path / "photos"
     make_photos(folder, 20)
     return folder
+
+
+def live_rows(index: Path) -> list[tuple[str, np.ndarray]]:
+    """Every live row (path, stored vector) read straight from the store, duplicates kept."""
+    from llm2search.store.manifest import read_manifest
+    from llm2search.store.shard import open_shard_vectors, read_shard_meta, read_tombstones
+
+    rows = []
+    for shard in read_manifest(index).shards:
+        paths = read_shard_meta(index, shard, ["path"]).column("path").to_pylist()
+        vectors = open_shard_vectors(index, shard)
+        dead = set(read_tombstones(index, shard).tolist())
+        rows += [(p, np.asarray(vectors[i], dtype=np.float32)) for i, p in enumerate(paths) if i not in dead]
+    return rows

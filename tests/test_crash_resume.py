@@ -17,8 +17,7 @@ import pytest
 from llm2search.indexer.changes import load_state
 from llm2search.search.searcher import SearchIndex
 from llm2search.store.manifest import index_exists, read_manifest
-from llm2search.store.shard import read_shard_meta, read_tombstones
-from tests.conftest import make_photos, rewrite_photo
+from tests.conftest import live_rows, make_photos, rewrite_photo
 
 RUNNER = """
 import sys
@@ -42,14 +41,7 @@ def run_indexer(folder: Path, index: Path, model: Path, crash_at: str | None = N
 
 
 def live_paths(index: Path) -> list[str]:
-    """Every live row's path, duplicates kept (a dict would hide them)."""
-    manifest = read_manifest(index)
-    paths = []
-    for shard in manifest.shards:
-        meta = read_shard_meta(index, shard, ["path"]).column("path").to_pylist()
-        dead = set(read_tombstones(index, shard).tolist())
-        paths += [p for row, p in enumerate(meta) if row not in dead]
-    return paths
+    return [path for path, _ in live_rows(index)]
 
 
 def assert_serves_last_commit(index: Path) -> None:

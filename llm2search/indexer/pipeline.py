@@ -19,6 +19,7 @@ from ..models.preprocess import DEFAULT_MAX_PIXELS
 from ..models.presets import resolve_model, spec_for_index
 from ..models.spec import ModelSpec
 from ..store.manifest import index_exists, read_manifest
+from ..store.pathnames import display, to_stored
 from ..store.shard import META_SCHEMA, ShardData, open_shard_vectors
 from ..store.vector_index import IndexConfig
 from ..store.writer import ERRORS_SCHEMA, IndexWriter, read_errors
@@ -81,15 +82,17 @@ def index_folder(
     index_dir = Path(index_dir)
     if not folder.exists():
         raise InputPathError(f"{folder} does not exist; give the folder of photos to index")
-    spec = _choose_model(index_dir, config.model)
-    embedder = embedder or Embedder(spec, config.device)
+    if embedder is None:
+        spec = _choose_model(index_dir, config.model)
+        embedder = Embedder(spec, config.device)
+    spec = embedder.spec
     started = time.monotonic()
     report = IndexReport(str(folder), str(index_dir))
     with IndexWriter(index_dir, spec.identity(), spec.dim, config.index) as writer:
         run = _Run(writer, embedder, spec, config, report, str(folder))
         run.execute()
         writer.maybe_train(force=config.retrain)
-        writer.compact(min_rows=max(1, config.shard_size // 4))
+        writer.compact(min_rows=max(1, config.shard_size // 4), max_rows=config.shard_size)
         report.live = writer.manifest.count
         report.index_type = writer.manifest.index_type
     report.seconds = time.monotonic() - started
@@ -147,17 +150,17 @@ class _Run:
         todo: list[FileEntry] = []
         seen: set[str] = set()
         for item in scan(Path(self.root)):
+            key = display(item.path)
+            seen.add(key)
             if isinstance(item, ScanProblem):
                 self._record_error(item.path, 0, 0, item.reason)
-                seen.add(item.path)
                 continue
-            seen.add(item.path)
             self.report.scanned += 1
-            old = self.state.by_path.get(item.path)
+            old = self.state.by_path.get(key)
             if old is not None and (old.size, old.mtime_ns) == (item.size, item.mtime_ns):
                 self.report.unchanged += 1
                 continue
-            bad = self.errors.get(item.path)
+            bad = self.errors.get(key)
             if (bad is not None and not self.config.retry_errors
                     and (bad["size"], bad["mtime_ns"]) == (item.size, item.mtime_ns)):
                 self.report.known_bad += 1
@@ -167,23 +170,24 @@ class _Run:
 
     def _take(self, item: Decoded) -> None:
         entry = item.entry
-        old = self.state.by_path.get(entry.path)
+        old = self.state.by_path.get(display(entry.path))
         if item.error is not None:
             self._record_error(entry.path, entry.size, entry.mtime_ns, item.error)
             self.report.failed += 1
             if old is not None:  # it changed into something unreadable: the old vector is stale
                 self._delete(old)
             return
-        if entry.path in self.errors:
-            del self.errors[entry.path]
+        if display(entry.path) in self.errors:
+            del self.errors[display(entry.path)]
             self.errors_dirty = True
         if old is not None:
             self._delete(old)
             self.report.changed += 1
         else:
             self.report.new += 1
+        shown, raw = to_stored(entry.path)
         row = {
-            "path": entry.path, "size": entry.size, "mtime_ns": entry.mtime_ns,
+            "path": shown, "path_bytes": raw, "size": entry.size, "mtime_ns": entry.mtime_ns,
             "content_hash": item.content_hash, "width": item.width, "height": item.height,
             "format": item.format, "exif_time": item.exif_time, "indexed_at": int(time.time()),
             "deleted": False,
@@ -213,12 +217,13 @@ class _Run:
         self.deletions.setdefault(entry.shard, []).append(entry.row)
 
     def _record_error(self, path: str, size: int, mtime_ns: int, reason: str) -> None:
+        path = display(path)
         self.errors[path] = {"path": path, "size": size, "mtime_ns": mtime_ns,
                              "reason": reason, "time": int(time.time())}
         self.errors_dirty = True
 
     def _due(self) -> bool:
-        return (len(self.rows) >= self.config.shard_size
+        return (len(self.rows) + len(self.pending_rows) >= self.config.shard_size
                 or time.monotonic() - self.last_commit >= self.config.commit_seconds)
 
     def _commit(self, final: bool = False) -> None:

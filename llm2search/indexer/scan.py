@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from dataclasses import dataclass
@@ -58,19 +59,24 @@ def scan(root: Path) -> Iterator[FileEntry | ScanProblem]:
                         subdirs.append(e.path)
                     continue
             except OSError as err:
-                yield ScanProblem(e.path, f"cannot stat: {err.strerror or err}")
+                yield ScanProblem(e.path, _stat_problem(e, err))
                 continue
             if os.path.splitext(e.name)[1].lower() not in IMAGE_EXTENSIONS:
                 continue
             try:
                 st = e.stat(follow_symlinks=True)
             except OSError as err:
-                reason = "broken symlink" if e.is_symlink() else f"cannot stat: {err.strerror or err}"
-                yield ScanProblem(e.path, reason)
+                yield ScanProblem(e.path, _stat_problem(e, err))
                 continue
             if stat.S_ISREG(st.st_mode):
                 yield FileEntry(e.path, st.st_size, st.st_mtime_ns)
         stack.extend(reversed(subdirs))
+
+
+def _stat_problem(entry: os.DirEntry, err: OSError) -> str:
+    if entry.is_symlink():
+        return "symlink loop" if err.errno == errno.ELOOP else "broken symlink"
+    return f"cannot stat: {err.strerror or err}"
 
 
 def _stat_entry(path: str) -> FileEntry | None:

@@ -35,6 +35,7 @@ META_SCHEMA = pa.schema([
     ("exif_time", pa.int64()),  # capture time, epoch seconds; null when the file has none
     ("indexed_at", pa.int64()),  # epoch seconds
     ("deleted", pa.bool_()),  # false at write; deletions live in tombstone files
+    ("path_bytes", pa.binary()),  # exact file name when it is not UTF-8 (see pathnames.py)
 ])
 
 

@@ -20,7 +20,8 @@ from .manifest import (
     ERRORS, SHARDS, TRAINED, TRAINED_PREFIX, Manifest, ShardInfo, commit_manifest, index_exists, read_manifest,
 )
 from .shard import (
-    ShardData, new_shard_name, open_shard_vectors, read_tombstones, reindex_shard, sha256_file,
+    ShardData, new_shard_name, open_shard_vectors, read_shard_meta, read_tombstones, reindex_shard,
+    sha256_file,
     write_shard, write_tombstones,
 )
 from .vector_index import MIN_TRAIN_POINTS, IndexConfig, choose_nlist, read_index, train_ivfpq, write_index
@@ -145,23 +146,34 @@ class IndexWriter:
         collect_garbage(self.dir, self.manifest)
         return True
 
-    def compact(self, min_rows: int) -> bool:
-        """Merge shards smaller than `min_rows` (and drop their tombstoned rows) into one."""
+    def compact(self, min_rows: int, max_rows: int) -> bool:
+        """Merge shards smaller than `min_rows` (dropping their tombstoned rows) into shards of
+        at most `max_rows`, in one commit. Many tiny shards come from frequent commits."""
         small = [s for s in self.manifest.shards if s.count < min_rows]
         if len(small) < 2 and not any(s.deleted for s in small):
             return False
-        parts_v, parts_m = [], []
+        merged: list[ShardInfo] = []
+        parts_v: list[np.ndarray] = []
+        parts_m: list[pa.Table] = []
+        rows = 0
         for s in small:
             keep = np.setdiff1d(np.arange(s.count), read_tombstones(self.dir, s))
             parts_v.append(np.asarray(open_shard_vectors(self.dir, s))[keep])
-            parts_m.append(pq.read_table(self.dir / SHARDS / s.name / "meta.parquet").take(keep))
-        merged = ShardData(np.concatenate(parts_v), pa.concat_tables(parts_m))
+            parts_m.append(read_shard_meta(self.dir, s).take(keep))
+            rows += len(keep)
+            if rows >= max_rows:
+                merged.append(self._write_merged(parts_v, parts_m))
+                parts_v, parts_m, rows = [], [], 0
+        if rows:
+            merged.append(self._write_merged(parts_v, parts_m))
         keep_shards = [s for s in self.manifest.shards if s.count >= min_rows]
-        if len(merged.vectors):
-            keep_shards.append(write_shard(self.dir, self._next_name(), merged, self._trained_index()))
-        self.manifest = commit_manifest(self.dir, replace(self.manifest, shards=tuple(keep_shards)))
+        self.manifest = commit_manifest(self.dir, replace(self.manifest, shards=tuple(keep_shards + merged)))
         collect_garbage(self.dir, self.manifest)
         return True
+
+    def _write_merged(self, vectors: list[np.ndarray], metas: list[pa.Table]) -> ShardInfo:
+        data = ShardData(np.concatenate(vectors), pa.concat_tables(metas))
+        return write_shard(self.dir, self._next_name(), data, self._trained_index())
 
     # -- helpers -------------------------------------------------------------------------
     def _next_name(self) -> str:
