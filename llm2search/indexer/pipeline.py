@@ -15,6 +15,7 @@ import pyarrow as pa
 
 from ..errors import InputPathError
 from ..models.embedder import Embedder
+from ..models.loading import share_cpu_with_workers
 from ..models.preprocess import DEFAULT_MAX_PIXELS
 from ..models.presets import resolve_model, spec_for_index
 from ..models.spec import ModelSpec
@@ -127,6 +128,8 @@ class _Run:
         todo, seen = self._plan()
         options = DecodeOptions(self.spec.preprocess, self.config.max_pixels)
         workers = default_workers() if self.config.workers is None else self.config.workers
+        if getattr(self.embedder, "device", "cpu") == "cpu":
+            share_cpu_with_workers(workers)
         progress = _progress(len(todo), self.config.progress)
         for item in decode_stream(todo, options, workers):
             self._take(item)
