@@ -14,6 +14,8 @@ from .spec import ModelSpec
 
 log = logging.getLogger(__name__)
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
+# The 8B Llama needs 32 GB of RAM in float32; bfloat16 halves that on a CPU-only machine.
+LLM_DTYPE_ENV = "LLM2SEARCH_LLM_DTYPE"
 
 
 def pick_device(requested: str | None = None) -> str:
@@ -52,6 +54,11 @@ def model_dtype(device: str, prefer_bf16: bool = False) -> Any:
     """fp16 (or bf16 for the LLM) on a GPU, fp32 on the CPU where half precision is slow."""
     import torch
 
+    if prefer_bf16 and os.environ.get(LLM_DTYPE_ENV):
+        name = os.environ[LLM_DTYPE_ENV]
+        if name not in ("float32", "bfloat16", "float16"):
+            raise ModelLoadError(f"{LLM_DTYPE_ENV}={name!r}: use float32, bfloat16 or float16")
+        return getattr(torch, name)
     if not device.startswith("cuda"):
         return torch.float32
     if prefer_bf16 and torch.cuda.is_bf16_supported():
