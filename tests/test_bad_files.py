@@ -52,6 +52,15 @@ def build_corpus(root: Path) -> tuple[set[str], dict[str, str]]:
     good.add("one_pixel.png")
     Image.fromarray((rng.integers(0, 65535, (40, 50))).astype(np.uint16)).save(root / "sixteen_bit.png")
     good.add("sixteen_bit.png")
+    import pillow_heif
+
+    pillow_heif.register_heif_opener()
+    photo.save(root / "iphone.heic")
+    good.add("iphone.heic")
+    photo.save(root / "modern.webp")
+    good.add("modern.webp")
+    photo.save(root / "old.bmp")
+    good.add("old.bmp")
     photo.convert("CMYK").save(root / "cmyk.jpg")
     good.add("cmyk.jpg")
     pal = photo.convert("P", palette=Image.Palette.ADAPTIVE, colors=16)
