@@ -121,6 +121,7 @@ class _Run:
         self.pending_pixels: list[np.ndarray] = []
         self.pending_rows: list[dict[str, Any]] = []
         self.deletions: dict[str, list[int]] = {}
+        self.vector_files: dict[str, np.ndarray] = {}
         self.last_commit = time.monotonic()
         self.batch_size = config.batch_size or getattr(embedder, "batch_size", lambda: 32)()
 
@@ -197,12 +198,17 @@ class _Run:
         }
         stored = self.state.by_hash.get(item.content_hash or "")
         if stored is not None:  # same bytes already embedded (a rename or a duplicate)
-            vectors = open_shard_vectors(self.writer.dir, _shard_info(self.writer, stored[0]))
+            vectors = self._stored_vectors(stored[0])
             self._add(np.asarray(vectors[stored[1]], dtype=np.float32)[None], [row])
             self.report.reused += 1
             return
         self.pending_pixels.append(item.pixels)  # type: ignore[arg-type]
         self.pending_rows.append(row)
+
+    def _stored_vectors(self, shard_name: str) -> np.ndarray:
+        if shard_name not in self.vector_files:  # one memory map per shard, not per reused file
+            self.vector_files[shard_name] = open_shard_vectors(self.writer.dir, _shard_info(self.writer, shard_name))
+        return self.vector_files[shard_name]
 
     def _encode_pending(self) -> None:
         if not self.pending_pixels:
