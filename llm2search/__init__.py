@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import (
     IndexCorruptError, IndexLockedError, IndexNotFoundError, InputPathError, InvalidQueryError,
-    Llm2SearchError, ModelLoadError, ModelMismatchError,
+    ItemNotFoundError, Llm2SearchError, ModelLoadError, ModelMismatchError,
 )
 
 __version__ = "0.1.0"
@@ -22,6 +22,7 @@ __version__ = "0.1.0"
 if TYPE_CHECKING:
     from .indexer.pipeline import IndexingConfig, IndexReport, index_folder
     from .search.info import index_info
+    from .search.filters import SearchFilter
     from .search.searcher import Hit, SearchIndex, open_index
 
 _LAZY = {
@@ -31,12 +32,13 @@ _LAZY = {
     "open_index": "search.searcher",
     "SearchIndex": "search.searcher",
     "Hit": "search.searcher",
+    "SearchFilter": "search.filters",
     "index_info": "search.info",
 }
 
 __all__ = [
     "IndexCorruptError", "IndexLockedError", "IndexNotFoundError", "InputPathError",
-    "InvalidQueryError", "Llm2SearchError", "ModelLoadError", "ModelMismatchError", *_LAZY,
+    "InvalidQueryError", "ItemNotFoundError", "Llm2SearchError", "ModelLoadError", "ModelMismatchError", *_LAZY,
 ]
 
 

@@ -90,29 +90,10 @@ def index(
             typer.echo("see the failures with `llm2search info --errors`", err=True)
 
 
-@app.command()
-def query(
-    text: str = typer.Argument(..., help="What the photo shows, e.g. '一群人在徒步' or 'a dog on a beach'."),
-    index: Optional[Path] = IndexOpt,
-    k: int = typer.Option(10, "-k", "--top-k", help="Number of results."),
-    model: Optional[str] = typer.Option(None, "--model", help="Only needed when the index's model moved."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, ..."),
-    as_json: bool = typer.Option(False, "--json", help="Print hits as a JSON list."),
-) -> None:
-    """Search the index with a sentence."""
-    from .search.searcher import open_index
+# query, serve and match live in cli_search.py (the search backend's commands).
+from .cli_search import register as _register_search  # noqa: E402
 
-    try:
-        hits = open_index(_index_dir(index), model=model, device=device).search(text, k=k)
-    except Llm2SearchError as e:
-        _fail(e)
-    if as_json:
-        _echo_json([h.to_json() for h in hits])
-        return
-    if not hits:
-        typer.echo("no results (the index is empty)", err=True)
-    for h in hits:
-        typer.echo(f"{h.rank:>3}  {h.score:.4f}  {_printable(h.path)}")
+_register_search(app)
 
 
 @app.command()

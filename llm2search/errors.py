@@ -33,3 +33,7 @@ class InputPathError(Llm2SearchError):
 
 class IndexLockedError(Llm2SearchError):
     """Another process is writing to the same index."""
+
+
+class ItemNotFoundError(InvalidQueryError):
+    """An item id that names no live item of the index."""

@@ -3,20 +3,29 @@ float16 vectors, merged into one top-k, joined with Parquet metadata."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import threading
+from collections import OrderedDict
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
-from ..errors import IndexCorruptError, InvalidQueryError
+from ..errors import IndexCorruptError, InvalidQueryError, ItemNotFoundError
+from .filters import SearchFilter, order_hits
 from ..models.presets import spec_for_index
 from ..store.manifest import Manifest, ShardInfo, read_manifest
 from ..store.shard import open_shard_index, open_shard_vectors, read_shard_meta, read_tombstones
 from ..store.vector_index import IndexConfig, set_nprobe, to_gpu_if_available
 
 MAX_K = 10_000
+NO_FILTER = SearchFilter()
+# A filtered shard whose allowed rows hold at most this many floats is scanned exactly with numpy
+# (cheaper than a faiss pass with a selector); bigger sets go through faiss with an IDSelector.
+EXACT_SCAN_ELEMENTS = 1 << 22
+EXACT_SCAN_CHUNK_ELEMENTS = 1 << 24  # rows x dim per chunk of a fallback exact scan (64 MB fp32)
+ALLOWED_CACHE = 32  # row selections kept per shard (the web page repeats the same filter)
 
 
 @dataclass(frozen=True)
@@ -39,8 +48,13 @@ class Hit:
         """Stable id of an indexed item within this index version: `shard:row`."""
         return f"{self.shard}:{self.row}"
 
+    @property
+    def taken(self) -> int:
+        """When the photo was taken (epoch seconds): EXIF capture time, else the file's mtime."""
+        return self.exif_time if self.exif_time is not None else self.mtime_ns // 1_000_000_000
+
     def to_json(self) -> dict[str, Any]:
-        return {"id": self.id, **asdict(self)}
+        return {"id": self.id, **asdict(self), "taken": self.taken}
 
 
 class _OpenShard:
@@ -53,11 +67,76 @@ class _OpenShard:
         self.dead[read_tombstones(index_dir, info)] = True
         self._dir = index_dir
         self._meta: pa.Table | None = None
+        self._allowed: OrderedDict[tuple, tuple[np.ndarray, np.ndarray]] = OrderedDict()
+        self._lock = threading.Lock()
 
     def meta(self) -> pa.Table:
         if self._meta is None:
             self._meta = read_shard_meta(self._dir, self.info)
         return self._meta
+
+    def allowed(self, flt: SearchFilter) -> tuple[np.ndarray, np.ndarray]:
+        """(sorted live rows that pass `flt`, the same as a little-endian bitmap for faiss)."""
+        key = flt.row_key()
+        with self._lock:
+            if key in self._allowed:
+                self._allowed.move_to_end(key)
+                return self._allowed[key]
+        mask = flt.row_mask(self.meta()) & ~self.dead
+        entry = (np.flatnonzero(mask), np.packbits(mask, bitorder="little"))
+        with self._lock:
+            self._allowed[key] = entry
+            while len(self._allowed) > ALLOWED_CACHE:
+                self._allowed.popitem(last=False)
+        return entry
+
+    def candidates(self, q: np.ndarray, want: int, need: int, flt: SearchFilter) -> np.ndarray:
+        """Live rows whose exact scores decide this shard's part of the top-k: up to `want`
+        candidates, and at least `need` whenever that many rows pass the filter."""
+        n = self.info.count
+        if not flt.restricts_rows:
+            _, ids = self.index.search(q, min(n, want + self.info.deleted))
+            ids = ids[0][ids[0] >= 0]
+            return ids[~self.dead[ids]]
+        rows, bitmap = self.allowed(flt)
+        if len(rows) * q.shape[1] <= EXACT_SCAN_ELEMENTS or len(rows) <= want:
+            return rows  # every allowed row is re-ranked exactly: nothing can be missed
+        found = self._search_selected(q, min(want, len(rows)), bitmap)
+        # An IVF probe can hold too few allowed rows under a narrow filter, and GPU indexes take
+        # no selector: then scan the allowed rows exactly, so a filter never shrinks the answer.
+        if found is None or len(found) < min(need, len(rows)):
+            return self._exact_top(q, rows, want)
+        return found
+
+    def _search_selected(self, q: np.ndarray, kk: int, bitmap: np.ndarray) -> np.ndarray | None:
+        import faiss
+
+        sel = faiss.IDSelectorBitmap(self.info.count, faiss.swig_ptr(bitmap))
+        ivf = faiss.try_extract_index_ivf(self.index)
+        params = (faiss.SearchParametersIVF(sel=sel, nprobe=ivf.nprobe) if ivf is not None
+                  else faiss.SearchParameters(sel=sel))
+        try:
+            _, ids = self.index.search(q, kk, params=params)
+        except (RuntimeError, TypeError, AttributeError):  # an index type without selector support
+            return None
+        ids = ids[0][ids[0] >= 0]
+        return ids[~self.dead[ids]]
+
+    def _exact_top(self, q: np.ndarray, rows: np.ndarray, want: int) -> np.ndarray:
+        chunk = max(1, EXACT_SCAN_CHUNK_ELEMENTS // q.shape[1])
+        best_rows, best_scores = [], []
+        for start in range(0, len(rows), chunk):
+            r = rows[start:start + chunk]
+            s = np.asarray(self.vectors[r], dtype=np.float32) @ q[0]
+            if len(s) > want:
+                keep = np.argpartition(-s, want - 1)[:want]
+                r, s = r[keep], s[keep]
+            best_rows.append(r)
+            best_scores.append(s)
+        r, s = np.concatenate(best_rows), np.concatenate(best_scores)
+        if len(s) > want:
+            r = r[np.argpartition(-s, want - 1)[:want]]
+        return r
 
 
 class SearchIndex:
@@ -72,6 +151,7 @@ class SearchIndex:
         self._device = device
         self._embedder = embedder
         self.shards = self._open_shards(use_gpu)
+        self._by_name = {s.info.name: i for i, s in enumerate(self.shards)}
 
     def _open_shards(self, use_gpu: bool) -> list[_OpenShard]:
         for attempt in range(3):  # a writer may garbage-collect between manifest read and open
@@ -100,30 +180,31 @@ class SearchIndex:
     def count(self) -> int:
         return self.manifest.count
 
-    def search(self, text: str, k: int = 10) -> list[Hit]:
+    def search(self, text: str, k: int = 10, filter: SearchFilter | None = None) -> list[Hit]:
         """Photos that best match `text` (English, Chinese, or any language the model reads)."""
         _check_k(k)
         if not isinstance(text, str) or not text.strip():
             raise InvalidQueryError("the query text is empty; give a sentence such as 'a dog on a beach'")
-        return self.search_vector(self.embedder.embed_texts([text])[0], k)
+        return self.search_vector(self.embedder.embed_texts([text])[0], k, filter)
 
-    def search_vector(self, vector: np.ndarray, k: int = 10) -> list[Hit]:
-        """Nearest items to a unit vector of the index's model (text, image or a mix)."""
+    def search_vector(self, vector: np.ndarray, k: int = 10,
+                      filter: SearchFilter | None = None) -> list[Hit]:
+        """Nearest items to a unit vector of the index's model (text, image or a mix), among the
+        rows `filter` allows; they are the k best by score, in the filter's sort order."""
         _check_k(k)
+        flt = filter if filter is not None else NO_FILTER
         q = np.asarray(vector, dtype=np.float32).reshape(1, -1)
         if q.shape[1] != self.manifest.dim:
             raise InvalidQueryError(f"vector has {q.shape[1]} dimensions; this index holds {self.manifest.dim}")
+        if not np.all(np.isfinite(q)):
+            raise InvalidQueryError("the query vector holds NaN or infinite values")
         exact = self.manifest.index_type == "flat"
         want = k if exact else k * self.config.rerank_factor
         scores, owners, rows = [], [], []
         for i, shard in enumerate(self.shards):
-            n = shard.info.count
-            if n == 0:
+            if shard.info.count == 0:
                 continue
-            kk = min(n, want + shard.info.deleted)
-            _, ids = shard.index.search(q, kk)
-            ids = ids[0][ids[0] >= 0]
-            ids = ids[~shard.dead[ids]]
+            ids = shard.candidates(q, want, k, flt)
             if len(ids) == 0:
                 continue
             # Exact scores on the stored vectors: re-ranks IVF-PQ candidates, same as Flat's own.
@@ -137,14 +218,27 @@ class SearchIndex:
         all_scores = np.concatenate(scores)
         all_rows = np.concatenate(rows)
         all_owners = np.concatenate(owners)
+        if flt.min_score is not None:
+            keep = all_scores >= flt.min_score
+            all_scores, all_rows, all_owners = all_scores[keep], all_rows[keep], all_owners[keep]
         top = np.argsort(-all_scores, kind="stable")[:k]
-        return self._hits(all_scores[top], all_owners[top], all_rows[top])
+        hits = self._hits(all_scores[top], all_owners[top], all_rows[top])
+        if flt.sort != "score" and hits:
+            order = order_hits(np.array([h.score for h in hits]), np.array([h.taken for h in hits]), flt.sort)
+            hits = [replace(hits[j], rank=rank) for rank, j in enumerate(order, start=1)]
+        return hits
 
     def _hits(self, scores: np.ndarray, owners: np.ndarray, rows: np.ndarray) -> list[Hit]:
+        metas: dict[int, list[dict[str, Any]]] = {}
+        positions = np.zeros(len(rows), dtype=np.int64)
+        for owner in np.unique(owners):  # one Parquet take per shard, not one slice per hit
+            where = np.flatnonzero(owners == owner)
+            metas[int(owner)] = self.shards[int(owner)].meta().take(pa.array(rows[where])).to_pylist()
+            positions[where] = np.arange(len(where))
         hits = []
-        for rank, (score, owner, row) in enumerate(zip(scores, owners, rows), start=1):
+        for rank, (score, owner, row, pos) in enumerate(zip(scores, owners, rows, positions), start=1):
             shard = self.shards[int(owner)]
-            m = shard.meta().slice(int(row), 1).to_pylist()[0]
+            m = metas[int(owner)][int(pos)]
             hits.append(Hit(
                 rank=rank, score=float(score), path=m["path"], size=m["size"],
                 mtime_ns=m["mtime_ns"], width=m["width"], height=m["height"], format=m["format"],
@@ -152,6 +246,39 @@ class SearchIndex:
                 shard=shard.info.name, row=int(row),
             ))
         return hits
+
+    def _locate(self, item_id: str) -> tuple[int, int]:
+        """(shard position, row) of a live item id `shard:row`; anything else is not found."""
+        name, sep, row_text = str(item_id).rpartition(":")
+        owner = self._by_name.get(name) if sep else None
+        if owner is None or not row_text.isdigit() or len(row_text) > 12:
+            raise ItemNotFoundError(f"no item {item_id!r} in this index (ids look like '000001-1a2b3c4d:17')")
+        row = int(row_text)
+        shard = self.shards[owner]
+        if row >= shard.info.count or shard.dead[row]:
+            raise ItemNotFoundError(f"no item {item_id!r} in this index (deleted or out of range)")
+        return owner, row
+
+    def item(self, item_id: str) -> dict[str, Any]:
+        """Metadata of one indexed item by the id a Hit carries."""
+        owner, row = self._locate(item_id)
+        hit = self._hits(np.zeros(1), np.array([owner]), np.array([row]))[0]
+        data = hit.to_json()
+        del data["rank"], data["score"]
+        return data
+
+    def file_path(self, item_id: str) -> str:
+        """The name to open an item's file with (exact bytes when the name is not UTF-8)."""
+        from ..store.pathnames import from_stored
+
+        owner, row = self._locate(item_id)
+        m = self.shards[owner].meta().slice(row, 1).to_pylist()[0]
+        return from_stored(m["path"], m.get("path_bytes"))
+
+    def vector_by_id(self, item_id: str) -> np.ndarray:
+        """The stored unit vector of an item (for "more like this")."""
+        owner, row = self._locate(item_id)
+        return np.asarray(self.shards[owner].vectors[row], dtype=np.float32)
 
     def vector_of(self, path: str) -> np.ndarray:
         """The stored vector of an indexed file (for "more like this")."""

@@ -1,0 +1,234 @@
+"""What the HTTP server serves, without HTTP: one open index with its models kept hot. Model calls
+are serialised by a lock (a torch model is not re-entrant), and requests that arrive while the
+model is busy are embedded together in the next batch; vector search runs concurrently. A new
+index version (another process ran `llm2search index`) is picked up on the next request."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from concurrent.futures import Future
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..errors import InvalidQueryError
+from ..models.spec import identities_match
+from ..store.manifest import manifest_path
+from .filters import SearchFilter
+from .info import index_info
+from .query import WeightedVector, caption_probabilities, combine, image_pixels
+from .searcher import Hit, SearchIndex
+from .thumbnails import thumbnail_jpeg, viewable
+
+THUMBNAIL_CACHE = 1024  # thumbnails kept in memory (about 10 kB each at 256 px)
+MAX_TEXT_BATCH = 64  # texts per model call when requests queue up
+MAX_IMAGE_BATCH = 16  # images per model call
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    index_dir: Path
+    model: str | None = None  # only needed when the index's model moved
+    device: str | None = None  # torch device for the models: auto, cpu, cuda, ...
+    use_gpu: bool = True  # move shards to the GPU when faiss has GPU support and sees a GPU
+    max_pixels: int = 50_000_000  # largest uploaded image, in pixels
+    reload_seconds: float = 1.0  # how often the manifest is checked for a new index version
+    batching: bool = True  # embed requests that queue up together (False: one model call each)
+
+
+@dataclass(frozen=True)
+class QueryText:
+    text: str
+    weight: float = 1.0
+
+
+class Batcher:
+    """Runs `fn` on the inputs of all callers waiting for the model, in one call. No thread of its
+    own: the caller that gets the model lock embeds everything queued so far (up to `max_items`);
+    the others find their result ready when they get the lock."""
+
+    def __init__(self, fn: Any, model_lock: threading.Lock, max_items: int):
+        self._fn = fn
+        self._model_lock = model_lock
+        self._max = max_items
+        self._queue: list[tuple[Any, Future]] = []
+        self._queue_lock = threading.Lock()
+
+    def __call__(self, items: Any) -> np.ndarray:
+        done: Future = Future()
+        with self._queue_lock:
+            self._queue.append((items, done))
+        while not done.done():
+            with self._model_lock:
+                if done.done():
+                    break
+                with self._queue_lock:
+                    batch, size = [], 0
+                    while self._queue and (not batch or size + len(self._queue[0][0]) <= self._max):
+                        batch.append(self._queue.pop(0))
+                        size += len(batch[-1][0])
+                self._run(batch)
+        return done.result()
+
+    def _run(self, batch: list[tuple[Any, Future]]) -> None:
+        try:
+            joined = np.concatenate(list(items for items, _ in batch)) if len(batch) > 1 else batch[0][0]
+            out = self._fn(joined)
+        except Exception:  # noqa: BLE001 - one bad input must not fail the others: run them alone
+            if len(batch) == 1:
+                _, fut = batch[0]
+                try:
+                    fut.set_result(self._fn(batch[0][0]))
+                except Exception as e:  # noqa: BLE001
+                    fut.set_exception(e)
+                return
+            for one in batch:
+                self._run([one])
+            return
+        start = 0
+        for items, fut in batch:
+            fut.set_result(out[start:start + len(items)])
+            start += len(items)
+
+
+class SearchService:
+    def __init__(self, config: ServiceConfig):
+        self.config = config
+        self._model_lock = threading.Lock()
+        one = not config.batching  # a batch limit of one input: plain serialisation
+        self._embed_texts = Batcher(lambda texts: self.index.embedder.embed_texts(list(texts)),
+                                    self._model_lock, 1 if one else MAX_TEXT_BATCH)
+        self._embed_pixels = Batcher(lambda pixels: self.index.embedder.embed_pixels(pixels),
+                                     self._model_lock, 1 if one else MAX_IMAGE_BATCH)
+        self._reload_lock = threading.Lock()
+        self._index = self._open(embedder=None)
+        self._stamp = _stamp(config.index_dir)
+        self._checked = time.monotonic()
+        self._thumbs: OrderedDict[tuple[str, int, int], bytes] = OrderedDict()
+        self._thumbs_lock = threading.Lock()
+
+    # -- the index, reopened when a new version is committed --------------------------------
+    def _open(self, embedder: Any) -> SearchIndex:
+        c = self.config
+        return SearchIndex(c.index_dir, model=c.model, device=c.device, embedder=embedder, use_gpu=c.use_gpu)
+
+    @property
+    def index(self) -> SearchIndex:
+        now = time.monotonic()
+        if now - self._checked >= self.config.reload_seconds:
+            with self._reload_lock:
+                if now - self._checked >= self.config.reload_seconds:
+                    self._checked = now
+                    stamp = _stamp(self.config.index_dir)
+                    if stamp != self._stamp:
+                        old = self._index
+                        fresh = self._open(embedder=None)
+                        if identities_match(old.manifest.model, fresh.manifest.model):
+                            fresh._embedder = old._embedder  # same weights: keep the hot model
+                        self._index, self._stamp = fresh, stamp
+        return self._index
+
+    def warm(self) -> None:
+        """Load both towers and run each once, so the first request pays no load time."""
+        self.embed_texts(["warm up"])
+        size = self.index.embedder.spec.preprocess.image_size
+        self._embed_pixels(np.zeros((1, size, size, 3), dtype=np.uint8))
+
+    # -- embeddings ----------------------------------------------------------------------
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        for t in texts:
+            if not isinstance(t, str) or not t.strip():
+                raise InvalidQueryError("a query text is empty; give a sentence such as 'a dog on a beach'")
+        return self._embed_texts(np.array(list(texts), dtype=object))
+
+    def embed_image(self, data: bytes) -> np.ndarray:
+        pixels = image_pixels(data, self.index.embedder, self.config.max_pixels)  # decoded in parallel
+        return self._embed_pixels(pixels)[0]
+
+    # -- searches ------------------------------------------------------------------------
+    def search_text(self, text: str, k: int, flt: SearchFilter) -> list[Hit]:
+        return self.index.search_vector(self.embed_texts([text])[0], k, flt)
+
+    def search_image(self, data: bytes, k: int, flt: SearchFilter) -> list[Hit]:
+        return self.index.search_vector(self.embed_image(data), k, flt)
+
+    def similar(self, item_id: str, k: int, flt: SearchFilter, exclude_self: bool = True) -> list[Hit]:
+        index = self.index
+        vector = index.vector_by_id(item_id)
+        if not exclude_self:
+            return index.search_vector(vector, k, flt)
+        hits = [h for h in index.search_vector(vector, min(k + 1, 10_000), flt) if h.id != item_id][:k]
+        return [replace(h, rank=i) for i, h in enumerate(hits, start=1)]
+
+    def combined(self, texts: Sequence[QueryText], images: Sequence[tuple[bytes, float]],
+                 items: Sequence[tuple[str, float]], negatives: Sequence[str], negative_weight: float,
+                 k: int, flt: SearchFilter) -> list[Hit]:
+        """Weighted sum of text, image and item vectors minus the negative texts, renormalised."""
+        parts: list[WeightedVector] = []
+        all_texts = [t.text for t in texts] + list(negatives)
+        if all_texts:
+            vectors = self.embed_texts(all_texts)
+            weights = [t.weight for t in texts] + [-abs(negative_weight)] * len(negatives)
+            parts += [WeightedVector(v, w) for v, w in zip(vectors, weights)]
+        parts += [WeightedVector(self.embed_image(data), w) for data, w in images]
+        index = self.index
+        parts += [WeightedVector(index.vector_by_id(i), w) for i, w in items]
+        if not any(p.weight > 0 for p in parts):
+            raise InvalidQueryError("the query needs at least one text, image or item with a positive weight")
+        return index.search_vector(combine(parts), k, flt)
+
+    def match(self, captions: Sequence[str], image: bytes | None = None,
+              item_id: str | None = None) -> list[dict[str, Any]]:
+        """Probability of each caption for one image: softmax(100 x cosine)."""
+        if (image is None) == (item_id is None):
+            raise InvalidQueryError("give exactly one of an image or an item id")
+        if not captions:
+            raise InvalidQueryError("give at least one caption")
+        if image is not None:
+            vector = self.embed_image(image)
+        else:
+            vector = self.index.vector_by_id(str(item_id))
+        probs, cos = caption_probabilities(vector, self.embed_texts(captions))
+        return [{"caption": c, "probability": float(p), "cosine": float(s)}
+                for c, p, s in zip(captions, probs, cos)]
+
+    # -- items ---------------------------------------------------------------------------
+    def item(self, item_id: str) -> dict[str, Any]:
+        return self.index.item(item_id)
+
+    def thumbnail(self, item_id: str, size: int) -> bytes:
+        index = self.index
+        meta = index.item(item_id)
+        key = (item_id, size, int(meta["mtime_ns"]))
+        with self._thumbs_lock:
+            if key in self._thumbs:
+                self._thumbs.move_to_end(key)
+                return self._thumbs[key]
+        data = thumbnail_jpeg(index.file_path(item_id), size)
+        with self._thumbs_lock:
+            self._thumbs[key] = data
+            while len(self._thumbs) > THUMBNAIL_CACHE:
+                self._thumbs.popitem(last=False)
+        return data
+
+    def full_image(self, item_id: str) -> tuple[bytes | Path, str]:
+        index = self.index
+        return viewable(index.file_path(item_id), index.item(item_id)["format"])
+
+    def info(self) -> dict[str, Any]:
+        index = self.index
+        data = index_info(index.dir)
+        data["max_pixels"] = self.config.max_pixels
+        return data
+
+
+def _stamp(index_dir: Path) -> tuple[int, int, int] | None:
+    try:
+        st = manifest_path(index_dir).stat()
+    except OSError:
+        return None
+    return (st.st_mtime_ns, st.st_size, st.st_ino)

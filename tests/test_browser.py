@@ -1,0 +1,160 @@
+"""The web gallery in a real headless Chromium (Debian's package, driven by Playwright): search in
+English and Chinese, thumbnails with scores, the viewer, more like this, filters, search by
+image, the token prompt, and a screenshot checked for non-blank content."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from llm2search.search.server import build_app
+from llm2search.search.service import SearchService, ServiceConfig
+from tests.serving import build_index, make_collection, running_server
+
+CHROMIUM = os.environ.get("LLM2SEARCH_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+TOKEN = "browser-token"
+
+
+def _need_browser() -> None:
+    """scripts/install.sh installs both; a developer machine without them skips, CI fails."""
+    missing = []
+    if not (os.path.exists(CHROMIUM) or shutil.which("chromium")):
+        missing.append(f"chromium ({CHROMIUM}; apt-get install chromium)")
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        missing.append("the playwright package (pip install -e '.[dev]')")
+    if missing:
+        message = "browser test needs " + " and ".join(missing)
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+@pytest.fixture(scope="module")
+def site(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
+    _need_browser()
+    base = tmp_path_factory.mktemp("site")
+    photos = make_collection(base / "photos")
+    index = build_index(tiny_model, photos, base / "index")
+    service = SearchService(ServiceConfig(index, device="cpu", use_gpu=False))
+    service.warm()
+    with running_server(build_app(service)) as open_url, \
+            running_server(build_app(service, token=TOKEN)) as token_url:
+        yield SimpleNamespace(url=open_url, token_url=token_url, photos=photos)
+
+
+@pytest.fixture(scope="module")
+def browser(site: SimpleNamespace):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=shutil.which("chromium") if not os.path.exists(CHROMIUM) else CHROMIUM,
+                              args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser):
+    context = browser.new_context(viewport={"width": 1200, "height": 900})
+    pg = context.new_page()
+    errors: list[str] = []
+    pg.on("pageerror", lambda e: errors.append(str(e)))
+    yield pg
+    context.close()
+    assert errors == [], errors  # no JavaScript errors on the page
+
+
+def _search(page, text: str) -> list[str]:
+    page.fill("#q", text)
+    page.press("#q", "Enter")
+    return _wait_for_results(page, text)
+
+
+def _wait_for_results(page, label: str) -> list[str]:
+    page.wait_for_function(f"document.getElementById('status').textContent.includes({label!r})", timeout=30_000)
+    page.wait_for_function(
+        "() => { const imgs = [...document.querySelectorAll('#grid .card img')];"
+        " return imgs.length > 0 && imgs.every(i => i.complete && i.naturalWidth > 0); }", timeout=30_000)
+    return page.eval_on_selector_all("#grid .card", "cards => cards.map(c => c.dataset.id)")
+
+
+def test_search_shows_thumbnails_with_scores_and_a_nonblank_screenshot(site: SimpleNamespace, page, tmp_path: Path) -> None:
+    page.goto(site.url + "/")
+    assert page.title() == "llm2search"
+    page.select_option("#k", "20")
+    ids = _search(page, "一群人在徒步")
+    assert len(ids) == 20 and len(set(ids)) == 20
+    scores = [float(s) for s in page.eval_on_selector_all("#grid .score", "els => els.map(e => e.textContent)")]
+    assert len(scores) == 20 and scores == sorted(scores, reverse=True)
+    assert "20 results" in page.inner_text("#status")
+
+    shot = tmp_path / "gallery.png"
+    page.screenshot(path=str(shot), full_page=False)
+    from PIL import Image
+
+    img = np.asarray(Image.open(io.BytesIO(shot.read_bytes())).convert("RGB"))
+    assert img.shape[:2] == (900, 1200)
+    assert img.std() > 20  # not a blank page
+    colours = len(np.unique(img.reshape(-1, 3) // 8, axis=0))
+    assert colours > 500  # thumbnails of random-texture photos, not just page chrome
+    if os.environ.get("LLM2SEARCH_SCREENSHOT"):  # keep it to look at
+        shutil.copy(shot, os.environ["LLM2SEARCH_SCREENSHOT"])
+
+    english = _search(page, "a dog running on a beach")
+    assert len(english) == 20
+
+
+def test_viewer_more_like_this_filters_and_search_by_image(site: SimpleNamespace, page) -> None:
+    page.goto(site.url + "/")
+    page.select_option("#k", "20")
+    ids = _search(page, "a red car")
+    page.click("#grid .card .thumb >> nth=0")
+    page.wait_for_selector("#viewer:not([hidden])")
+    page.wait_for_function("() => { const i = document.getElementById('viewer-img');"
+                           " return i.complete && i.naturalWidth > 0; }", timeout=30_000)
+    assert page.inner_text("#viewer-path").startswith(str(site.photos))
+    page.click("#viewer-similar")
+    similar = _wait_for_results(page, "photos like")
+    assert page.is_hidden("#viewer") and ids[0] not in similar and len(similar) == 19  # all but itself
+
+    # Filters: only the 2019 folder; changing a filter re-runs the search.
+    page.click("#toggle-filters")
+    page.fill("#f-folder", str(site.photos / "2019"))
+    page.dispatch_event("#f-folder", "change")
+    page.wait_for_function("document.querySelectorAll('#grid .card').length === 2", timeout=30_000)
+    titles = page.eval_on_selector_all("#grid .thumb", "els => els.map(e => e.title)")
+    assert sorted(Path(t).name for t in titles) == ["beach.jpg", "hike.jpg"]
+    page.fill("#f-folder", "")
+    page.dispatch_event("#f-folder", "change")
+    page.wait_for_function("document.querySelectorAll('#grid .card').length === 19", timeout=30_000)
+
+    # Search by image: the uploaded photo comes back first.
+    target = site.photos / "2023" / "city.jpg"
+    page.set_input_files("#image-file", str(target))
+    _wait_for_results(page, "image city.jpg")
+    first = page.eval_on_selector("#grid .thumb", "e => e.title")
+    assert first == str(target)
+
+
+def test_page_asks_for_the_token_and_then_loads_images(site: SimpleNamespace, page) -> None:
+    page.goto(site.token_url + "/")
+    page.fill("#q", "snow on the trees")
+    page.press("#q", "Enter")
+    page.wait_for_selector("#token-form:not([hidden])")
+    assert "token" in page.inner_text("#status")
+    page.fill("#token", TOKEN)
+    page.press("#token", "Enter")
+    ids = _wait_for_results(page, "snow on the trees")  # images fetched with the bearer header
+    assert len(ids) == 20
+    srcs = page.eval_on_selector_all("#grid .card img", "els => els.map(e => e.src)")
+    assert all(s.startswith("blob:") for s in srcs)
