@@ -10,6 +10,7 @@ from typing import Any, Optional
 
 import typer
 
+from .cli_demo import demo_app
 from .errors import Llm2SearchError
 from .paths import default_index_dir
 
@@ -20,6 +21,7 @@ app = typer.Typer(
 )
 dev_app = typer.Typer(no_args_is_help=True, help="Tools for developers: tiny models and test data.")
 app.add_typer(dev_app, name="dev")
+app.add_typer(demo_app, name="demo")
 
 IndexOpt = typer.Option(None, "--index", help="Index directory (default: $LLM2SEARCH_HOME/index).")
 ModelOpt = typer.Option(
