@@ -56,11 +56,14 @@ def index(
     path: Path = typer.Argument(..., help="Folder of photos (searched recursively) or one image."),
     index: Optional[Path] = IndexOpt,
     model: Optional[str] = ModelOpt,
-    batch_size: int = typer.Option(32, "--batch-size", min=1, help="Images per model batch."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1, ..."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Images per model batch (default: 32 on CPU, sized to GPU memory)."),
+    device: str = typer.Option("auto", "--device", help="auto (all GPUs, else CPU), cpu, cuda:1, cuda:0,cuda:1, ..."),
     workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Decode processes (0: in-process)."),
     max_pixels: Optional[int] = typer.Option(None, "--max-pixels", min=1, help="Refuse images larger than this."),
     retry_errors: bool = typer.Option(False, "--retry-errors", help="Retry files that failed before."),
+    shard_size: int = typer.Option(100_000, "--shard-size", min=1, help="Rows per shard before a new one starts."),
+    commit_seconds: float = typer.Option(60.0, "--commit-seconds", min=0, help="Commit finished work at least this often."),
+    retrain: bool = typer.Option(False, "--retrain", help="Retrain the IVF-PQ quantizer from stored vectors now."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
     as_json: bool = typer.Option(False, "--json", help="Print the run summary as JSON."),
 ) -> None:
@@ -71,6 +74,7 @@ def index(
     config = IndexingConfig(
         model=model, device=device, batch_size=batch_size, workers=workers,
         max_pixels=max_pixels or DEFAULT_MAX_PIXELS, retry_errors=retry_errors,
+        shard_size=shard_size, commit_seconds=commit_seconds, retrain=retrain,
         progress=not (quiet or as_json),
     )
     try:

@@ -131,3 +131,14 @@ def test_make_tiny_model_command_output_is_loadable(tmp_path: Path, photos: Path
     index = tmp_path / "index"
     assert invoke("index", photos, "--index", index, "--model", model_dir, "-q").exit_code == 0
     assert invoke("query", "a cat", "--index", index, "--json").exit_code == 0
+
+
+def test_index_options_for_shards_and_commits(tiny_model: Path, photos: Path, tmp_path: Path) -> None:
+    index = tmp_path / "index"
+    result = invoke("index", photos, "--index", index, "--model", tiny_model, "--json", "--workers", "0",
+                    "--shard-size", "8", "--commit-seconds", "0", "--batch-size", "4")
+    assert result.exit_code == 0, result.output
+    info = json.loads(invoke("info", "--index", index, "--json").stdout)
+    assert info["count"] == 20 and info["shards"] >= 3 and info["index_type"] == "flat"
+    retrain = invoke("index", photos, "--index", index, "--retrain", "--json")
+    assert retrain.exit_code == 0 and json.loads(retrain.stdout)["embedded"] == 0
