@@ -101,6 +101,11 @@ from .cli_search import register as _register_search  # noqa: E402
 
 _register_search(app)
 
+# eval lives in cli_eval.py (retrieval evaluation, llm2search/eval/).
+from .cli_eval import eval_command  # noqa: E402
+
+app.command("eval")(eval_command)
+
 
 @app.command()
 def info(
