@@ -22,37 +22,27 @@ LLAMA3_TEMPLATE = TextConfig(template_name="meta-llama/Meta-Llama-3-8B-Instruct"
 # LlamaBiModel (no remote code runs), and README "Model revisions" says how to pin a local copy.
 LLAMA3_8B_CC_REVISION: str | None = None
 
+
+def _paired_with_llama3(name: str, vision: str, revision: str, preprocess: PreprocessConfig) -> ModelSpec:
+    """An LLM2CLIP OpenAI tower with its adapter, paired with the caption-contrastive Llama-3-8B."""
+    return ModelSpec(
+        name=name, vision=vision, vision_revision=revision, text=LLAMA3_8B_CC,
+        text_revision=LLAMA3_8B_CC_REVISION, dim=1280, preprocess=preprocess,
+        text_config=LLAMA3_TEMPLATE,
+    )
+
+
+# Revisions as pinned in mteb's model registry (embeddings-benchmark/mteb, llm2clip_models.py).
 PRESETS: dict[str, ModelSpec] = {
-    "llm2clip-openai-l14-336": ModelSpec(
-        name="llm2clip-openai-l14-336",
-        vision="microsoft/LLM2CLIP-Openai-L-14-336",
-        vision_revision="92512331f393a003c3d98404677f991c188162c9",
-        text=LLAMA3_8B_CC,
-        text_revision=LLAMA3_8B_CC_REVISION,
-        dim=1280,
-        preprocess=CLIP_336,
-        text_config=LLAMA3_TEMPLATE,
-    ),
-    "llm2clip-openai-l14-224": ModelSpec(
-        name="llm2clip-openai-l14-224",
-        vision="microsoft/LLM2CLIP-Openai-L-14-224",
-        vision_revision="6b8a11a94ff380fa220dfefe73ac9293d2677575",
-        text=LLAMA3_8B_CC,
-        text_revision=LLAMA3_8B_CC_REVISION,
-        dim=1280,
-        preprocess=CLIP_224,
-        text_config=LLAMA3_TEMPLATE,
-    ),
-    "llm2clip-openai-b16": ModelSpec(
-        name="llm2clip-openai-b16",
-        vision="microsoft/LLM2CLIP-Openai-B-16",
-        vision_revision="ecfb347eb3dcfeb2fbc2a2eae7de6ac5a001aaf8",
-        text=LLAMA3_8B_CC,
-        text_revision=LLAMA3_8B_CC_REVISION,
-        dim=1280,
-        preprocess=CLIP_224,
-        text_config=LLAMA3_TEMPLATE,
-    ),
+    spec.name: spec
+    for spec in (
+        _paired_with_llama3("llm2clip-openai-l14-336", "microsoft/LLM2CLIP-Openai-L-14-336",
+                            "92512331f393a003c3d98404677f991c188162c9", CLIP_336),
+        _paired_with_llama3("llm2clip-openai-l14-224", "microsoft/LLM2CLIP-Openai-L-14-224",
+                            "6b8a11a94ff380fa220dfefe73ac9293d2677575", CLIP_224),
+        _paired_with_llama3("llm2clip-openai-b16", "microsoft/LLM2CLIP-Openai-B-16",
+                            "ecfb347eb3dcfeb2fbc2a2eae7de6ac5a001aaf8", CLIP_224),
+    )
 }
 ALIASES = {"default": "llm2clip-openai-l14-336"}
 DEFAULT_MODEL = "default"

@@ -99,6 +99,14 @@ class FilterIn(BaseModel):
         return SearchFilter.from_json(self.model_dump(exclude_none=True))
 
 
+def _check_texts(texts: list[str], what: str) -> list[str]:
+    for t in texts:
+        _not_blank(t)
+        if len(t) > Limits.max_text:
+            raise ValueError(f"{what} is longer than {Limits.max_text} characters")
+    return texts
+
+
 def _not_blank(v: str) -> str:
     if not v.strip():
         raise ValueError("text is empty")
@@ -148,11 +156,7 @@ class QueryIn(BaseModel):
     @field_validator("negative")
     @classmethod
     def _negative(cls, v: list[str]) -> list[str]:
-        for t in v:
-            _not_blank(t)
-            if len(t) > Limits.max_text:
-                raise ValueError(f"a negative text is longer than {Limits.max_text} characters")
-        return v
+        return _check_texts(v, "a negative text")
 
 
 class EmbedTextIn(BaseModel):
@@ -162,11 +166,7 @@ class EmbedTextIn(BaseModel):
     @field_validator("texts")
     @classmethod
     def _texts(cls, v: list[str]) -> list[str]:
-        for t in v:
-            _not_blank(t)
-            if len(t) > Limits.max_text:
-                raise ValueError(f"a text is longer than {Limits.max_text} characters")
-        return v
+        return _check_texts(v, "a text")
 
 
 class HitOut(BaseModel):
