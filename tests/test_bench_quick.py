@@ -1,0 +1,59 @@
+"""bench/search.py, bench/index.py and bench/query.py in --quick mode print well-formed results
+(their speed is not judged here; bench/README.md holds the measured numbers)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_bench(script: str, tmp_path: Path, *args: str) -> tuple[dict, str]:
+    out_json = tmp_path / "result.json"
+    done = subprocess.run([sys.executable, f"bench/{script}", "--quick", "--work", str(tmp_path / "work"),
+                           "--json", str(out_json), *args],
+                          cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(out_json.read_text()), done.stdout
+
+
+def test_search_bench_quick(tmp_path: Path) -> None:
+    result, stdout = run_bench("search.py", tmp_path, "--systems", "flat,ours,autofaiss")
+    rows = {r["system"]: r for r in result["rows"]}
+    flat, ours = rows["Flat (exact)"], rows["ours (product)"]
+    assert flat["recall"] == 1.0 and flat["ram_bytes_per_vector"] >= 1280 * 4
+    assert ours["index"].startswith("IVF") and "PQ" in ours["index"]
+    assert 0.0 < ours["recall"] <= 1.0
+    for r in rows.values():
+        assert r["batch_qps"] > 0 and 0 < r["p50_ms"] <= r["p99_ms"] and r["build_s"] >= 0
+        assert r["disk_bytes_per_vector"] > 0 and r["ram_bytes_per_vector"] > 0
+    assert ours["ram_bytes_per_vector"] < flat["ram_bytes_per_vector"]
+    assert 1.0 <= ours["list_imbalance"] < 100 and result["data"]["cluster_size_imbalance"] >= 1.0
+    # autofaiss is skipped in --quick (its own venv, minutes of OPQ training), and says so
+    assert "autofaiss" not in rows and "autofaiss skipped" in result["skipped"]
+    assert "| Flat (exact) |" in stdout and "| ours (product) |" in stdout and "autofaiss skipped" in stdout
+
+
+def test_index_bench_quick(tmp_path: Path) -> None:
+    result, stdout = run_bench("index.py", tmp_path)
+    rows = result["rows"]
+    assert {(r["photos"], r["embedder"]) for r in rows} == {
+        (n, e) for n in (100, 300) for e in ("no-op", "tiny model")}
+    for r in rows:
+        assert r["embedded"] == r["photos"] and r["failed"] == 0
+        assert r["images_per_s"] > 0 and 0 < r["peak_rss_mib"] <= r["tree_peak_rss_mib"] * 1.05
+    assert "| 300 | no-op |" in stdout
+
+
+def test_query_bench_quick(tmp_path: Path) -> None:
+    result, stdout = run_bench("query.py", tmp_path)
+    phases = {r["phase"]: r for r in result["rows"]}
+    for name in ("load index", "load model", "encode", "search", "re-rank", "metadata join",
+                 "total (search())", "cold `llm2search query` (process wall)"):
+        assert 0 <= phases[name]["p50_ms"] <= phases[name]["p99_ms"], name
+    assert result["factory"].startswith("IVF") and result["cold_over_warm"] > 0
+    assert ("warm server (HTTP search/text)" in phases) == result["server_measured"]
+    assert "| re-rank |" in stdout
