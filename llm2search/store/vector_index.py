@@ -10,8 +10,11 @@ from typing import Any
 
 import numpy as np
 
-# Defaults from DESIGN §4 (500k x 1280 on 2 cores: IVF2048,PQ160x4fs + exact re-rank of ~10 x k
-# gave recall@10 ~0.97 at ~20x Flat's speed); bench/search.py is where they are re-measured.
+# Chosen by bench/search.py (numbers and reasoning in bench/README.md, "Vector search"): at 500k x
+# 1280 on 2 cores IVF2048,PQ160x4fs with nprobe 32 and an exact re-rank of 10 x k per shard gave
+# recall@10 0.989; nprobe 16-128 gave the same recall, 32 was the smallest with no loss at any
+# re-rank depth, at 1.0-1.4x the q/s of 64 (1.15x at x10). PQ256x4fs (128 B codes) ranks better
+# but is over the ~120 B/vector RAM budget.
 IVF_THRESHOLD = 100_000  # live vectors at which an index switches from Flat to IVF-PQ
 DIMS_PER_SUBQUANTIZER = 8  # PQ160 for 1280-d: 80 bytes per vector with 4-bit codes
 TRAIN_POINTS_PER_LIST = 64  # k-means sample: faiss wants >= 39 per centroid
@@ -25,7 +28,7 @@ class IndexConfig:
 
     ivf_threshold: int = IVF_THRESHOLD
     nlist: int | None = None  # None: chosen from N (see choose_nlist)
-    nprobe: int = 64
+    nprobe: int = 32  # lists probed per shard (bench/search.py: 16-128 gave equal recall)
     rerank_factor: int = 10  # IVF-PQ candidates re-ranked exactly = rerank_factor x k
     retrain_growth: float = RETRAIN_GROWTH
 
