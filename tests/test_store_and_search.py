@@ -74,7 +74,7 @@ def test_ivfpq_recall_after_rerank(tmp_path: Path) -> None:
     centers /= np.linalg.norm(centers, axis=1, keepdims=True)
     data = _clustered(n, dim, rng, centers)
     identity = {"name": "synthetic", "fingerprint": "synthetic", "dim": dim, "preprocess": {}, "text_config": {}}
-    config = IndexConfig(ivf_threshold=20_000, nprobe=32, rerank_factor=10)
+    config = IndexConfig(ivf_threshold=20_000)  # default nprobe and re-rank depth
     with IndexWriter(tmp_path, identity, dim, config) as writer:
         for start in range(0, n, 15_000):  # three shards
             part = data[start:start + 15_000]
@@ -92,7 +92,8 @@ def test_ivfpq_recall_after_rerank(tmp_path: Path) -> None:
         got = {int(h.path.split("/")[-1][:-4]) for h in searcher.search_vector(q, k=10)}
         hits_at += len(got & set(truth.tolist()))
     recall = hits_at / (10 * len(queries))
-    print(f"IVF-PQ ({manifest.factory}, nprobe 32, re-rank x10) recall@10 vs exact: {recall:.3f}")
+    print(f"IVF-PQ ({manifest.factory}, nprobe {config.nprobe}, re-rank x{config.rerank_factor}) "
+          f"recall@10 vs exact: {recall:.3f}")
     assert recall >= 0.9
 
 

@@ -65,6 +65,7 @@ class _OpenShard:
         self.vectors = open_shard_vectors(index_dir, info)
         self.dead = np.zeros(info.count, dtype=bool)
         self.dead[read_tombstones(index_dir, info)] = True
+        self.ivf = _cpu_ivf(self.index)  # None for Flat and for shards moved to a GPU
         self._dir = index_dir
         self._meta: pa.Table | None = None
         self._allowed: OrderedDict[tuple, tuple[np.ndarray, np.ndarray]] = OrderedDict()
@@ -90,12 +91,18 @@ class _OpenShard:
                 self._allowed.popitem(last=False)
         return entry
 
-    def candidates(self, q: np.ndarray, want: int, need: int, flt: SearchFilter) -> np.ndarray:
+    def candidates(self, q: np.ndarray, want: int, need: int, flt: SearchFilter,
+                   coarse: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
         """Live rows whose exact scores decide this shard's part of the top-k: up to `want`
-        candidates, and at least `need` whenever that many rows pass the filter."""
+        candidates, and at least `need` whenever that many rows pass the filter. `coarse` is the
+        query's (distances, lists) from the quantizer every shard shares, searched once."""
         n = self.info.count
         if not flt.restricts_rows:
-            _, ids = self.index.search(q, min(n, want + self.info.deleted))
+            kk = min(n, want + self.info.deleted)
+            if coarse is not None:
+                _, ids = self.ivf.search_preassigned(q, kk, coarse[1], coarse[0])
+            else:
+                _, ids = self.index.search(q, kk)
             ids = ids[0][ids[0] >= 0]
             return ids[~self.dead[ids]]
         rows, bitmap = self.allowed(flt)
@@ -199,12 +206,12 @@ class SearchIndex:
         if not np.all(np.isfinite(q)):
             raise InvalidQueryError("the query vector holds NaN or infinite values")
         exact = self.manifest.index_type == "flat"
-        want = k if exact else k * self.config.rerank_factor
+        coarse = None if exact or flt.restricts_rows else self._coarse(q)
         scores, owners, rows = [], [], []
         for i, shard in enumerate(self.shards):
             if shard.info.count == 0:
                 continue
-            ids = shard.candidates(q, want, k, flt)
+            ids = shard.candidates(q, self._depth(shard, k, exact, flt), k, flt, coarse)
             if len(ids) == 0:
                 continue
             # Exact scores on the stored vectors: re-ranks IVF-PQ candidates, same as Flat's own.
@@ -227,6 +234,26 @@ class SearchIndex:
             order = order_hits(np.array([h.score for h in hits]), np.array([h.taken for h in hits]), flt.sort)
             hits = [replace(hits[j], rank=rank) for rank, j in enumerate(order, start=1)]
         return hits
+
+    def _depth(self, shard: _OpenShard, k: int, exact: bool, flt: SearchFilter) -> int:
+        """Candidates asked of a shard: k from exact shards; from IVF-PQ shards the re-rank
+        budget (rerank_factor x k in all) split by shard size, plus k each. A filtered search
+        keeps rerank_factor x k per shard, so it never sees fewer candidates than a post-filter
+        of the unfiltered search would."""
+        if exact:
+            return k
+        if flt.restricts_rows:
+            return k * self.config.rerank_factor
+        budget = k * self.config.rerank_factor
+        return int(np.ceil(budget * shard.info.count / max(1, self.manifest.total_rows))) + k
+
+    def _coarse(self, q: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """Every IVF-PQ shard is a copy of one trained index, so the coarse quantizer is searched
+        once per query instead of once per shard (bench/search.py measured the saving)."""
+        if not self.shards or any(s.ivf is None for s in self.shards):
+            return None
+        ivf = self.shards[0].ivf
+        return ivf.quantizer.search(q, ivf.nprobe)
 
     def _hits(self, scores: np.ndarray, owners: np.ndarray, rows: np.ndarray) -> list[Hit]:
         metas: dict[int, list[dict[str, Any]]] = {}
@@ -288,6 +315,15 @@ class SearchIndex:
                 if p == path and not shard.dead[row]:
                     return np.asarray(shard.vectors[row], dtype=np.float32)
         raise InvalidQueryError(f"{path} is not in this index")
+
+
+def _cpu_ivf(index: Any) -> Any:
+    import faiss
+
+    try:
+        return faiss.try_extract_index_ivf(index)
+    except (RuntimeError, TypeError):  # a GPU index is not a CPU IndexIVF
+        return None
 
 
 def open_index(index_dir: str | Path, model: str | None = None, device: str | None = None) -> SearchIndex:
