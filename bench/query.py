@@ -79,14 +79,17 @@ def phases(index_dir: Path, repeats: int) -> dict[str, list[float]]:
     searcher.embedder.embed_texts([QUERIES[0]])
     t["load model"].append(_ms(started))
     k = 10
-    want = k * searcher.config.rerank_factor
+    exact = searcher.manifest.index_type == "flat"
+    no_filter = SearchFilter()
     for i in range(repeats):
         text = QUERIES[i % len(QUERIES)] + (f" {i}" if i >= len(QUERIES) else "")
         s = time.perf_counter()
         q = searcher.embedder.embed_texts([text])[0].reshape(1, -1).astype(np.float32)
         t["encode"].append(_ms(s))
         s = time.perf_counter()
-        cands = [(j, sh.candidates(q, want, k, SearchFilter())) for j, sh in enumerate(searcher.shards)]
+        coarse = None if exact else searcher._coarse(q)  # the shared quantizer, once per query
+        cands = [(j, sh.candidates(q, searcher._depth(sh, k, exact, no_filter), k, no_filter, coarse))
+                 for j, sh in enumerate(searcher.shards)]
         t["search"].append(_ms(s))
         s = time.perf_counter()
         scores, owners, rows = [], [], []
