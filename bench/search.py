@@ -336,49 +336,39 @@ def _open_searcher(store: Path, cfg: Any) -> Any:
     return SearchIndex(store, config=cfg, embedder=object(), use_gpu=False)
 
 
-def _store_batch_search(searcher: Any, offsets: np.ndarray, xq: np.ndarray, k: int,
-                        chunk: int = 16) -> np.ndarray:
-    """SearchIndex.search_vector for many queries at once (same shards, same candidates, same
-    exact float16 re-rank); the searcher has no batch call yet, so the bench does the batching."""
+def _store_batch_search(searcher: Any, offsets: np.ndarray, xq: np.ndarray, k: int) -> np.ndarray:
+    """The searcher as it was before the shared-coarse change, batched: every shard searched on its
+    own for k x rerank_factor candidates, then the same exact float16 re-rank (kept as the
+    per-shard baseline the sweep compares against)."""
     want = k * searcher.config.rerank_factor
-    cand_ids, cand_scores = [], []
-    for shard, offset in zip(searcher.shards, offsets):
-        kk = min(shard.info.count, want)
-        _, ids = shard.index.search(xq, kk)
-        scores = np.full(ids.shape, -np.inf, dtype=np.float32)
-        for s in range(0, len(xq), chunk):
-            block = ids[s:s + chunk]
-            valid = block >= 0
-            rows = np.where(valid, block, 0)
-            vecs = np.asarray(shard.vectors[rows.ravel()], dtype=np.float32).reshape(*rows.shape, -1)
-            sc = np.matmul(vecs, xq[s:s + chunk, :, None])[..., 0]
-            sc[~valid | shard.dead[rows]] = -np.inf
-            scores[s:s + chunk] = sc
-        cand_ids.append(ids + offset)
-        cand_scores.append(scores)
-    all_ids = np.concatenate(cand_ids, axis=1)
-    all_scores = np.concatenate(cand_scores, axis=1)
-    top = np.argsort(-all_scores, axis=1, kind="stable")[:, :k]
-    return np.take_along_axis(all_ids, top, axis=1)
+    per_shard = [shard.index.search(xq, min(shard.info.count, want))[1] for shard in searcher.shards]
+    return _rerank_merge(searcher, offsets, xq, k, per_shard)
 
 
-def _proposed_batch_search(searcher: Any, offsets: np.ndarray, xq: np.ndarray, k: int,
-                           chunk: int = 16) -> np.ndarray:
-    """A prototype of two searcher changes, measured on the same shard files: (1) the coarse
-    quantizer (identical in every shard: one trained.faiss) is searched once per query, not once
-    per shard, then each shard scans its lists with search_preassigned; (2) the re-rank depth
-    k x rerank_factor is a total split across shards by size (+ k each), not a per-shard depth."""
+def _proposed_batch_search(searcher: Any, offsets: np.ndarray, xq: np.ndarray, k: int) -> np.ndarray:
+    """The search SearchIndex.search_vector now does, batched: (1) the coarse quantizer
+    (identical in every shard) is searched once per query, then each shard scans its lists with
+    search_preassigned; (2) the re-rank depth k x rerank_factor is a total split across shards by
+    size (+ k each), not a per-shard depth."""
     import faiss
 
-    nprobe = searcher.config.nprobe
     quantizer = faiss.extract_index_ivf(searcher.shards[0].index).quantizer
-    coarse_d, coarse_i = quantizer.search(xq, nprobe)
+    coarse_d, coarse_i = quantizer.search(xq, searcher.config.nprobe)
     total = sum(s.info.count for s in searcher.shards)
     budget = k * searcher.config.rerank_factor
-    cand_ids, cand_scores = [], []
-    for shard, offset in zip(searcher.shards, offsets):
+    per_shard = []
+    for shard in searcher.shards:
         kk = min(shard.info.count, int(np.ceil(budget * shard.info.count / total)) + k)
-        _, ids = faiss.extract_index_ivf(shard.index).search_preassigned(xq, kk, coarse_i, coarse_d)
+        per_shard.append(faiss.extract_index_ivf(shard.index).search_preassigned(xq, kk, coarse_i, coarse_d)[1])
+    return _rerank_merge(searcher, offsets, xq, k, per_shard)
+
+
+def _rerank_merge(searcher: Any, offsets: np.ndarray, xq: np.ndarray, k: int,
+                  per_shard: list[np.ndarray], chunk: int = 16) -> np.ndarray:
+    """Exact float16 re-rank of each shard's candidate ids (tombstoned and missing ids score
+    -inf), merged into global top-k ids (shard offset + row)."""
+    cand_ids, cand_scores = [], []
+    for shard, offset, ids in zip(searcher.shards, offsets, per_shard):
         scores = np.full(ids.shape, -np.inf, dtype=np.float32)
         for s in range(0, len(xq), chunk):
             block = ids[s:s + chunk]
