@@ -65,8 +65,8 @@ def build(work: Path, n: int) -> tuple[Path, Path]:
 
 
 def phases(index_dir: Path, repeats: int) -> dict[str, list[float]]:
-    """Time each step of SearchIndex.search in this process; checks the replica's answer equals
-    search()'s, so the split describes the real code path."""
+    """Time each step of SearchIndex.search in this process by calling the searcher's own steps
+    one at a time, and check that they answer what search() answers."""
     from llm2search.search.filters import SearchFilter
     from llm2search.search.searcher import SearchIndex
 
@@ -79,35 +79,25 @@ def phases(index_dir: Path, repeats: int) -> dict[str, list[float]]:
     searcher.embedder.embed_texts([QUERIES[0]])
     t["load model"].append(_ms(started))
     k = 10
-    exact = searcher.manifest.index_type == "flat"
     no_filter = SearchFilter()
     for i in range(repeats):
         text = QUERIES[i % len(QUERIES)] + (f" {i}" if i >= len(QUERIES) else "")
         s = time.perf_counter()
         q = searcher.embedder.embed_texts([text])[0].reshape(1, -1).astype(np.float32)
         t["encode"].append(_ms(s))
-        s = time.perf_counter()
-        coarse = None if exact else searcher._coarse(q)  # the shared quantizer, once per query
-        cands = [(j, sh.candidates(q, searcher._depth(sh, k, exact, no_filter), k, no_filter, coarse))
-                 for j, sh in enumerate(searcher.shards)]
+        s = time.perf_counter()  # the steps search() runs, called one by one
+        owners, rows = searcher._candidates(q, k)  # shared coarse search + each shard's lists
         t["search"].append(_ms(s))
         s = time.perf_counter()
-        scores, owners, rows = [], [], []
-        for j, ids in cands:
-            order = np.sort(ids)
-            scores.append(np.asarray(searcher.shards[j].vectors[order], dtype=np.float32) @ q[0])
-            rows.append(order)
-            owners.append(np.full(len(order), j))
-        all_scores, all_rows, all_owners = np.concatenate(scores), np.concatenate(rows), np.concatenate(owners)
-        top = np.argsort(-all_scores, kind="stable")[:k]
+        top = searcher._rerank(q, owners, rows, k)
         t["re-rank"].append(_ms(s))
         s = time.perf_counter()
-        hits = searcher._hits(all_scores[top], all_owners[top], all_rows[top])
+        hits = searcher._finish(*top, no_filter)[0]
         t["metadata join"].append(_ms(s))
         s = time.perf_counter()
         real = searcher.search(text, k)
         t["total (search())"].append(_ms(s))
-        assert [h.id for h in real] == [h.id for h in hits], "the timed replica drifted from search()"
+        assert [h.id for h in real] == [h.id for h in hits], "the timed steps answered differently from search()"
     return t
 
 

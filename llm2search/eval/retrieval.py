@@ -2,8 +2,8 @@
 
 Images are decoded and preprocessed as the indexer does and embedded with the same model; the
 "index" side writes the vectors into a real store (IndexWriter, IVF-PQ or Flat as asked) and
-queries it with SearchIndex.search_vector, so its loss against exact search is the loss a user
-of the index sees. Image-to-text uses a second store that holds the caption vectors.
+queries it with SearchIndex.search_vectors (search_vector for a batch), so its loss against
+exact search is the loss a user of the index sees. Image-to-text uses a second store that holds the caption vectors.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from ..store.vector_index import IndexConfig
 from .datasets import Dataset
 
 KS = (1, 5, 10)
+EVAL_BATCH = 1000  # queries per SearchIndex.search_vectors call
 INDEX_TYPES = ("ivfpq", "flat", "auto")
 
 
@@ -184,9 +185,11 @@ def _top_index(store: Path, queries: np.ndarray, cfg: IndexConfig, k: int = max(
                        np.cumsum([0] + [s.info.count for s in index.shards]).tolist()))
     k = min(k, index.count)
     top = np.full((len(queries), max(KS)), -1, dtype=np.int64)
-    for q, vector in enumerate(queries):
-        ids = [offsets[h.shard] + h.row for h in index.search_vector(vector, k)]
-        top[q, :len(ids)] = ids
+    for start in range(0, len(queries), EVAL_BATCH):  # batched: one pass over the shards per batch
+        batch = index.search_vectors(queries[start:start + EVAL_BATCH], k)
+        for q, hits in enumerate(batch, start=start):
+            ids = [offsets[h.shard] + h.row for h in hits]
+            top[q, :len(ids)] = ids
     return top
 
 

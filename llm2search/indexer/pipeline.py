@@ -93,7 +93,7 @@ def index_folder(
         run = _Run(writer, embedder, spec, config, report, str(folder))
         run.execute()
         writer.maybe_train(force=config.retrain)
-        writer.compact(min_rows=max(1, config.shard_size // 4), max_rows=config.shard_size)
+        writer.compact_after_run(config.shard_size)
         report.live = writer.manifest.count
         report.index_type = writer.manifest.index_type
     report.seconds = time.monotonic() - started

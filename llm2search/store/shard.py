@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 
 from .atomic import fsync_dir, fsync_file, write_atomic
 from .manifest import SHARDS, ShardInfo
-from .vector_index import build_shard_index, read_index, write_index
+from .vector_index import build_shard_index, read_shard_index, write_shard_index
 
 INDEX_FILE = "index.faiss"
 META_FILE = "meta.parquet"
@@ -62,7 +62,7 @@ def write_shard(index_dir: Path, name: str, data: ShardData, trained: Any | None
     vectors16 = np.ascontiguousarray(data.vectors, dtype=np.float16)
     np.save(tmp / VECTORS_FILE, vectors16)
     # The index is built from the stored float16 values so re-rank and index agree exactly.
-    write_index(build_shard_index(vectors16.astype(np.float32), trained), tmp / INDEX_FILE)
+    write_shard_index(build_shard_index(vectors16, trained), tmp / INDEX_FILE)
     pq.write_table(data.meta.cast(META_SCHEMA), tmp / META_FILE, compression="zstd")
     files = {}
     for f in (INDEX_FILE, META_FILE, VECTORS_FILE):
@@ -85,7 +85,7 @@ def reindex_shard(index_dir: Path, old: ShardInfo, new_name: str, trained: Any |
     for f in (META_FILE, VECTORS_FILE):
         _link_or_copy(src / f, tmp / f)
     vectors = np.load(src / VECTORS_FILE, mmap_mode="r")
-    write_index(build_shard_index(np.asarray(vectors, dtype=np.float32), trained), tmp / INDEX_FILE)
+    write_shard_index(build_shard_index(vectors, trained), tmp / INDEX_FILE)
     fsync_file(tmp / INDEX_FILE)
     files = dict(old.files, **{INDEX_FILE: sha256_file(tmp / INDEX_FILE)})
     if old.tombstones:
@@ -117,8 +117,9 @@ def shard_dir(index_dir: Path, name: str) -> Path:
     return Path(index_dir) / SHARDS / name
 
 
-def open_shard_index(index_dir: Path, shard: ShardInfo) -> Any:
-    return read_index(shard_dir(index_dir, shard.name) / INDEX_FILE, mmap=True)
+def open_shard_index(index_dir: Path, shard: ShardInfo, quantizer: Any | None = None) -> Any:
+    """The shard's faiss index; IVF-PQ shards share `quantizer`, the trained file's centroids."""
+    return read_shard_index(shard_dir(index_dir, shard.name) / INDEX_FILE, quantizer)
 
 
 def open_shard_vectors(index_dir: Path, shard: ShardInfo) -> np.ndarray:

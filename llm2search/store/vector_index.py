@@ -11,15 +11,21 @@ from typing import Any
 import numpy as np
 
 # Chosen by bench/search.py (numbers and reasoning in bench/README.md, "Vector search"): at 500k x
-# 1280 on 2 cores IVF2048,PQ160x4fs with nprobe 32 and an exact re-rank of 10 x k per shard gave
-# recall@10 0.989; nprobe 16-128 gave the same recall, 32 was the smallest with no loss at any
-# re-rank depth, at 1.0-1.4x the q/s of 64 (1.15x at x10). PQ256x4fs (128 B codes) ranks better
-# but is over the ~120 B/vector RAM budget.
+# 1280 on 2 cores IVF2048,PQ160x4fs, nprobe 32, and an exact re-rank of the 15 x k best PQ
+# estimates gave recall@10 0.962 at 20x Flat's batch q/s, 114 B/vector in RAM. Recall is flat in
+# nprobe (8-64: within 0.007 at every depth); the re-rank depth decides it: x10 0.941, x15 0.962,
+# x20 0.971. PQ256x4fs (128 B codes) ranks better but is over the ~120 B/vector RAM budget.
 IVF_THRESHOLD = 100_000  # live vectors at which an index switches from Flat to IVF-PQ
 DIMS_PER_SUBQUANTIZER = 8  # PQ160 for 1280-d: 80 bytes per vector with 4-bit codes
 TRAIN_POINTS_PER_LIST = 64  # k-means sample: faiss wants >= 39 per centroid
 MIN_TRAIN_POINTS = 64  # 4-bit PQ needs >= 16 points per sub-quantizer; below this stay Flat
 RETRAIN_GROWTH = 4.0  # retrain once the collection is this many times the training sample's base
+# Rows per IVF-PQ shard that training and compaction merge shards up to. Each shard pays ~nlist x
+# 15.5 x code size bytes of fast-scan block padding (lists are stored in blocks of 32 codes) plus
+# 8 B/row of ids: 2.5 MB at 2048 lists, i.e. 26 B/vector for 5 shards of 100k but 5 B/vector
+# for one of 500k (bench/search.py). 500k rows is 1.2 GB of float16 vectors to rewrite at most.
+IVF_SHARD_ROWS = 500_000
+ADD_CHUNK_ROWS = 16_384  # rows converted to float32 per faiss add: 84 MB at 1280-d
 
 
 @dataclass(frozen=True)
@@ -28,10 +34,11 @@ class IndexConfig:
 
     ivf_threshold: int = IVF_THRESHOLD
     nlist: int | None = None  # None: chosen from N (see choose_nlist)
-    nprobe: int = 32  # lists probed per shard (bench/search.py: 16-128 gave equal recall)
-    rerank_factor: int = 20  # IVF-PQ candidates re-ranked exactly: rerank_factor x k in all,
-    # split over shards by size (+ k each); bench/search.py's sweep: 0.977 recall@10 at 500k
+    nprobe: int = 32  # lists probed (one coarse search shared by all shards)
+    rerank_factor: int = 15  # IVF-PQ: the rerank_factor x k best PQ estimates over all shards
+    # are re-ranked exactly on the float16 vectors (filtered searches: that many per shard)
     retrain_growth: float = RETRAIN_GROWTH
+    ivf_shard_rows: int = IVF_SHARD_ROWS  # IVF-PQ shards are merged up to this many rows
 
 
 def choose_nlist(n: int) -> int:
@@ -68,26 +75,76 @@ def train_ivfpq(sample: np.ndarray, nlist: int, seed: int = 1234) -> tuple[Any, 
 
 
 def build_shard_index(vectors: np.ndarray, trained: Any | None) -> Any:
-    """A shard's index over `vectors` (ids = row numbers): a copy of the trained IVF-PQ, or Flat."""
+    """A shard's index over `vectors` (ids = row numbers): a copy of the trained IVF-PQ, or Flat.
+    `vectors` may be float16 or memory-mapped: rows are converted to float32 a chunk at a time."""
     import faiss
 
-    x = np.ascontiguousarray(vectors, dtype=np.float32)
-    index = faiss.clone_index(trained) if trained is not None else new_flat(x.shape[1])
-    if len(x):
-        index.add(x)
+    index = faiss.clone_index(trained) if trained is not None else new_flat(vectors.shape[1])
+    for start in range(0, len(vectors), ADD_CHUNK_ROWS):
+        index.add(np.ascontiguousarray(vectors[start:start + ADD_CHUNK_ROWS], dtype=np.float32))
     return index
 
 
 def write_index(index: Any, path: Path) -> None:
+    """Write a whole index (the trained template keeps its coarse centroids here)."""
     import faiss
 
     faiss.write_index(index, str(path))
+
+
+def write_shard_index(index: Any, path: Path) -> None:
+    """Write a shard's index without its coarse centroids: every IVF-PQ shard is a copy of the
+    trained template, so the centroids (nlist x dim floats: 10 MB at 2048 x 1280) are stored and
+    loaded once, from the trained file, instead of once per shard. Flat indexes are written whole."""
+    import faiss
+
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is None:
+        faiss.write_index(index, str(path))
+        return
+    centroids, owned = ivf.quantizer, ivf.own_fields
+    placeholder = faiss.IndexFlat(ivf.d, ivf.metric_type)  # empty: a few bytes on disk
+    ivf.own_fields = False  # the placeholder belongs to Python; never let faiss free it
+    ivf.quantizer = placeholder
+    try:
+        faiss.write_index(index, str(path))
+    finally:
+        ivf.quantizer = centroids
+        ivf.own_fields = owned
 
 
 def read_index(path: Path, mmap: bool = True) -> Any:
     import faiss
 
     return faiss.read_index(str(path), faiss.IO_FLAG_MMAP if mmap else 0)
+
+
+def coarse_quantizer(trained: Any) -> Any:
+    """The coarse quantizer (centroids) of a trained IVF template."""
+    import faiss
+
+    return faiss.extract_index_ivf(trained).quantizer
+
+
+def read_shard_index(path: Path, quantizer: Any | None) -> Any:
+    """A shard's index, memory-mapped where faiss can. An IVF shard written without centroids
+    (see write_shard_index) gets `quantizer`, which the caller keeps alive as long as the
+    index; shards that carry their own centroids (written before this layout) keep them."""
+    import faiss
+
+    index = read_index(path, mmap=True)
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is not None and ivf.quantizer.ntotal == 0:
+        if quantizer is None:
+            raise ValueError(f"{path} needs the trained file's coarse quantizer to be searched")
+        if quantizer.ntotal != ivf.nlist or quantizer.d != ivf.d:
+            raise ValueError(f"{path} has {ivf.nlist} lists; the trained quantizer has {quantizer.ntotal}")
+        # The empty placeholder faiss read (an IndexFlat header, ~100 bytes) is left unfreed:
+        # handing it to Python's garbage collector corrupts SWIG's type table, and opening an
+        # index 3,000 times this way did not move the process's RSS.
+        ivf.own_fields = False
+        ivf.quantizer = quantizer
+    return index
 
 
 def set_nprobe(index: Any, nprobe: int) -> None:

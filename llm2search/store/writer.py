@@ -136,7 +136,7 @@ class IndexWriter:
         digest = sha256_file(tmp)
         trained_file = f"{TRAINED_PREFIX}{digest[:16]}.faiss"
         os.replace(tmp, self.dir / trained_file)
-        shards = tuple(reindex_shard(self.dir, s, self._next_name(), trained) for s in m.shards)
+        shards = tuple(self._reindex(m.shards, trained))
         crash_point("retrain_before_manifest")
         self.manifest = commit_manifest(self.dir, replace(
             m, index_type="ivfpq", factory=factory, shards=shards,
@@ -146,34 +146,46 @@ class IndexWriter:
         collect_garbage(self.dir, self.manifest)
         return True
 
+    def _reindex(self, shards: tuple[ShardInfo, ...], trained: Any) -> list[ShardInfo]:
+        """Every shard indexed with `trained`. Shards are merged (tombstoned rows dropped) up to
+        ivf_shard_rows, since each IVF-PQ shard pays a fixed fast-scan padding; a shard that
+        stays alone keeps its metadata and vectors (hard links) and gets a new index only."""
+        out = []
+        for group in _pack(shards, self.config.ivf_shard_rows):
+            if len(group) == 1:
+                out.append(reindex_shard(self.dir, group[0], self._next_name(), trained))
+            else:
+                out.append(self._merge(group, trained))
+        return out
+
+    def compact_after_run(self, shard_size: int) -> bool:
+        """The compaction every indexing run ends with: shards under a quarter of `shard_size`
+        are merged, up to `shard_size` rows when Flat and up to ivf_shard_rows when IVF-PQ
+        (each IVF-PQ shard pays a fixed fast-scan padding, see vector_index.IVF_SHARD_ROWS)."""
+        merged_rows = self.config.ivf_shard_rows if self.manifest.index_type == "ivfpq" else shard_size
+        return self.compact(min_rows=max(1, shard_size // 4), max_rows=max(shard_size, merged_rows))
+
     def compact(self, min_rows: int, max_rows: int) -> bool:
         """Merge shards smaller than `min_rows` (dropping their tombstoned rows) into shards of
         at most `max_rows`, in one commit. Many tiny shards come from frequent commits."""
         small = [s for s in self.manifest.shards if s.count < min_rows]
         if len(small) < 2 and not any(s.deleted for s in small):
             return False
-        merged: list[ShardInfo] = []
-        parts_v: list[np.ndarray] = []
-        parts_m: list[pa.Table] = []
-        rows = 0
-        for s in small:
-            keep = np.setdiff1d(np.arange(s.count), read_tombstones(self.dir, s))
-            parts_v.append(np.asarray(open_shard_vectors(self.dir, s))[keep])
-            parts_m.append(read_shard_meta(self.dir, s).take(keep))
-            rows += len(keep)
-            if rows >= max_rows:
-                merged.append(self._write_merged(parts_v, parts_m))
-                parts_v, parts_m, rows = [], [], 0
-        if rows:
-            merged.append(self._write_merged(parts_v, parts_m))
+        merged = [self._merge(group, self._trained_index()) for group in _pack(small, max_rows)]
         keep_shards = [s for s in self.manifest.shards if s.count >= min_rows]
         self.manifest = commit_manifest(self.dir, replace(self.manifest, shards=tuple(keep_shards + merged)))
         collect_garbage(self.dir, self.manifest)
         return True
 
-    def _write_merged(self, vectors: list[np.ndarray], metas: list[pa.Table]) -> ShardInfo:
+    def _merge(self, group: list[ShardInfo], trained: Any | None) -> ShardInfo:
+        """One new shard holding the live rows of `group`, in order."""
+        vectors, metas = [], []
+        for s in group:
+            keep = np.setdiff1d(np.arange(s.count), read_tombstones(self.dir, s))
+            vectors.append(np.asarray(open_shard_vectors(self.dir, s))[keep])
+            metas.append(read_shard_meta(self.dir, s).take(keep))
         data = ShardData(np.concatenate(vectors), pa.concat_tables(metas))
-        return write_shard(self.dir, self._next_name(), data, self._trained_index())
+        return write_shard(self.dir, self._next_name(), data, trained)
 
     # -- helpers -------------------------------------------------------------------------
     def _next_name(self) -> str:
@@ -212,6 +224,21 @@ def read_errors(index_dir: Path, manifest: Manifest) -> pa.Table:
     if not manifest.errors_file or not (Path(index_dir) / manifest.errors_file).exists():
         return ERRORS_SCHEMA.empty_table()
     return pq.read_table(Path(index_dir) / manifest.errors_file)
+
+
+def _pack(shards: Any, max_rows: int) -> list[list[ShardInfo]]:
+    """Consecutive shards grouped so that each group's live rows stay within `max_rows` (a
+    shard bigger than that is a group of its own)."""
+    groups: list[list[ShardInfo]] = []
+    rows = 0
+    for s in shards:
+        live = s.count - s.deleted
+        if not groups or rows + live > max_rows:
+            groups.append([])
+            rows = 0
+        groups[-1].append(s)
+        rows += live
+    return groups
 
 
 def collect_garbage(index_dir: Path, manifest: Manifest) -> None:
