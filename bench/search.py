@@ -184,8 +184,9 @@ def bench_ours(data: Data, gt: np.ndarray, work: Path, cfg: Any, n_single: int,
                log: Any) -> tuple[list[Row], Path]:
     """Our index built by the product: IndexWriter commits shards the size the indexer uses,
     then maybe_train() trains IVF-PQ on stored vectors and re-indexes every shard, as after
-    `llm2search index`. Batch search reads the same shard files; single queries go through
-    SearchIndex.search_vector (coarse search, exact re-rank, metadata join)."""
+    `llm2search index` (training merges shards up to ivf_shard_rows). Searched only through the product's calls: batches of 1,000 through
+    SearchIndex.search_vectors, single queries through SearchIndex.search_vector (coarse
+    search, exact float16 re-rank and metadata join included in both)."""
     import faiss
     import pyarrow as pa
 
@@ -206,55 +207,35 @@ def bench_ours(data: Data, gt: np.ndarray, work: Path, cfg: Any, n_single: int,
             writer.commit(ShardData(data.xb[start:start + rows], _meta(start, rows, pa, META_SCHEMA)))
         committed = time.perf_counter()
         writer.maybe_train()
-        writer.compact(min_rows=max(1, shard_size // 4), max_rows=shard_size)  # as index_folder
+        writer.compact_after_run(shard_size)  # as index_folder ends
         manifest = writer.manifest
     build = time.perf_counter() - started
     log(f"ours: {manifest.factory} in {len(manifest.shards)} shards, built in {build:.1f}s "
         f"(commits {committed - started:.1f}s, train + re-index {time.perf_counter() - committed:.1f}s)")
     searcher = _open_searcher(store, cfg)
-    offsets = np.cumsum([0] + [s.info.count for s in searcher.shards])[:-1]
-    qps, ids = _batch_qps(lambda q: _store_batch_search(searcher, offsets, q, K), data.xq)
-    recall = _recall(ids, gt)
-    single_ids: list[np.ndarray] = []
-
-    def one(q: np.ndarray) -> None:
-        hits = searcher.search_vector(q[0], K)
-        single_ids.append(np.array([offsets[_shard_pos(searcher, h.shard)] + h.row for h in hits]))
-
-    p50, p99 = _latency(one, data.xq[:n_single])
-    single_ids = single_ids[1:]  # the first one was the warm-up
-    single_recall = _recall(np.stack(single_ids), gt[:n_single])
-    ram = sum(len(faiss.serialize_index(s.index)) for s in searcher.shards) / n
-    index_disk = sum((store / "shards" / s.info.name / "index.faiss").stat().st_size
-                     for s in searcher.shards)
+    qps, ids = _batch_qps(lambda q: _product_batch(searcher, q), data.xq)
+    rows_qps, rows_ids = _batch_qps(lambda q: _product_rows(searcher, q), data.xq)
+    assert np.array_equal(ids, rows_ids), "the id-only timing answered differently from search_vectors"
+    p50, p99 = _latency(lambda q: _product_single(searcher, q), data.xq[:n_single])
+    single_ids = np.stack([_product_single(searcher, q) for q in data.xq[:n_single, None]])
+    ram, parts = _store_ram(searcher, store)
     disk = sum(f.stat().st_size for f in store.rglob("*") if f.is_file()) / n
-    row = Row("ours (product)", manifest.factory, recall, qps, p50, p99, ram, disk, build,
+    row = Row("ours (product)", manifest.factory, _recall(ids, gt), qps, p50, p99, ram, disk, build,
               _store_imbalance(searcher))
-    ivf = faiss.extract_index_ivf(searcher.shards[0].index)
-    quantizer_bytes = len(faiss.serialize_index(ivf.quantizer)) * len(searcher.shards) / n
     row.notes += [
-        f"nprobe {cfg.nprobe}, exact re-rank of {cfg.rerank_factor} x k candidates per shard "
-        f"on float16 vectors; {len(searcher.shards)} shards of <= {shard_size:,}",
-        f"RAM {row.ram_bytes_per_vector:.0f} B/vector = PQ codes {ivf.code_size} + ids 8 + "
-        f"coarse centroids {quantizer_bytes:.0f} (one copy per shard); disk: index files "
-        f"{index_disk / n:.0f} B/vector, the rest is float16 vectors + metadata",
-        f"single queries via SearchIndex.search_vector (with metadata join): recall@10 "
-        f"{single_recall:.3f} on the first {n_single}",
+        f"nprobe {cfg.nprobe}; exact re-rank of the best {cfg.rerank_factor} x k candidates by PQ "
+        f"estimate over all {len(searcher.shards)} shard(s) ({manifest.count:,} rows committed as "
+        f"shards of {shard_size:,}, merged up to {cfg.ivf_shard_rows:,} when trained), on float16 "
+        "vectors read from the memory-mapped files",
+        f"batch: SearchIndex.search_vectors, metadata join included; without the join (the "
+        f"searcher's _top_rows) {rows_qps:,.0f} q/s",
+        f"single: SearchIndex.search_vector, recall@10 {_recall(single_ids, gt[:n_single]):.3f} on the "
+        f"first {n_single} queries",
+        "RAM " + ", ".join(f"{k} {v:.1f}" for k, v in parts.items()) + " B/vector; disk adds the float16 "
+        "vectors the re-rank reads (2 x dim B/vector, memory-mapped, not counted as RAM) and the metadata",
         f"machine load average (1 min) {load_before:.1f} at build start, {os.getloadavg()[0]:.1f} at the end",
     ]
-    rows = [row]
-    if manifest.index_type == "ivfpq":
-        p_qps, p_ids = _batch_qps(lambda q: _proposed_batch_search(searcher, offsets, q, K), data.xq)
-        p50p, p99p = _latency(lambda q: _proposed_batch_search(searcher, offsets, q, K), data.xq[:n_single])
-        shared_ram = row.ram_bytes_per_vector - quantizer_bytes * (len(searcher.shards) - 1) / len(searcher.shards)
-        proposed = Row("ours, proposed searcher", manifest.factory, _recall(p_ids, gt), p_qps, p50p, p99p,
-                       shared_ram, disk, build, row.list_imbalance)
-        proposed.notes.append(
-            "bench prototype, not product code: one coarse search per query (search_preassigned per "
-            f"shard) and a re-rank budget of {cfg.rerank_factor} x k in total, split across shards by "
-            "size (+ k each); RAM counts one copy of the coarse centroids; latency without metadata join")
-        rows.append(proposed)
-    return rows, store
+    return [row], store
 
 
 def bench_autofaiss(data: Data, gt: np.ndarray, work: Path, budget: int, threads: int,
@@ -310,84 +291,65 @@ def bench_autofaiss(data: Data, gt: np.ndarray, work: Path, budget: int, threads
 
 
 def sweep(searcher_dir: Path, cfg: Any, data: Data, gt: np.ndarray, log: Any) -> list[dict[str, Any]]:
-    """Search-time settings of our index: nprobe x re-rank depth, batch mode, for the product's
-    per-shard re-rank depth and for the proposed searcher (one coarse search, total depth)."""
+    """Search-time settings of our index, nprobe x re-rank depth, through the product's batch
+    call (ids without the metadata join, so the settings' own cost shows)."""
     from dataclasses import replace
 
     out = []
-    for nprobe in (16, 32, 64, 128):
-        for factor in (1, 2, 5, 10, 20):
-            c = replace(cfg, nprobe=nprobe, rerank_factor=factor)
-            searcher = _open_searcher(searcher_dir, c)
-            offsets = np.cumsum([0] + [s.info.count for s in searcher.shards])[:-1]
-            qps, ids = _batch_qps(lambda q: _store_batch_search(searcher, offsets, q, K), data.xq)
-            p_qps, p_ids = _batch_qps(lambda q: _proposed_batch_search(searcher, offsets, q, K), data.xq)
-            out.append({"nprobe": nprobe, "rerank_factor": factor, "recall": _recall(ids, gt),
-                        "batch_qps": qps, "proposed_recall": _recall(p_ids, gt), "proposed_batch_qps": p_qps})
-            log(f"sweep: nprobe {nprobe:>3} re-rank x{factor:<2} recall@10 {out[-1]['recall']:.3f} "
-                f"{qps:8.0f} q/s | proposed {out[-1]['proposed_recall']:.3f} {p_qps:8.0f} q/s")
+    for nprobe in (8, 16, 32, 64):
+        for factor in (5, 10, 15, 20, 30):
+            searcher = _open_searcher(searcher_dir, replace(cfg, nprobe=nprobe, rerank_factor=factor))
+            qps, ids = _batch_qps(lambda q: _product_rows(searcher, q), data.xq)
+            out.append({"nprobe": nprobe, "rerank_factor": factor, "recall": _recall(ids, gt), "batch_qps": qps})
+            log(f"sweep: nprobe {nprobe:>3} re-rank x{factor:<2} recall@10 {out[-1]['recall']:.3f} {qps:8.0f} q/s")
     return out
 
 
-# -- the product's search, batched --------------------------------------------------------
+# -- the product's search -------------------------------------------------------------------
 def _open_searcher(store: Path, cfg: Any) -> Any:
     from llm2search.search.searcher import SearchIndex
 
     return SearchIndex(store, config=cfg, embedder=object(), use_gpu=False)
 
 
-def _store_batch_search(searcher: Any, offsets: np.ndarray, xq: np.ndarray, k: int) -> np.ndarray:
-    """The searcher as it was before the shared-coarse change, batched: every shard searched on its
-    own for k x rerank_factor candidates, then the same exact float16 re-rank (kept as the
-    per-shard baseline the sweep compares against)."""
-    want = k * searcher.config.rerank_factor
-    per_shard = [shard.index.search(xq, min(shard.info.count, want))[1] for shard in searcher.shards]
-    return _rerank_merge(searcher, offsets, xq, k, per_shard)
+def _offsets(searcher: Any) -> dict[str, int]:
+    """Global id of row 0 of each shard (the order bench_ours committed the vectors in)."""
+    names = [s.info.name for s in searcher.shards]
+    return dict(zip(names, np.cumsum([0] + [s.info.count for s in searcher.shards]).tolist()))
 
 
-def _proposed_batch_search(searcher: Any, offsets: np.ndarray, xq: np.ndarray, k: int) -> np.ndarray:
-    """The search SearchIndex.search_vector now does, batched: (1) the coarse quantizer
-    (identical in every shard) is searched once per query, then each shard scans its lists with
-    search_preassigned; (2) the re-rank depth k x rerank_factor is a total split across shards by
-    size (+ k each), not a per-shard depth."""
+def _product_batch(searcher: Any, xq: np.ndarray) -> np.ndarray:
+    offsets = _offsets(searcher)
+    return np.array([[offsets[h.shard] + h.row for h in hits] for hits in searcher.search_vectors(xq, K)])
+
+
+def _product_single(searcher: Any, xq: np.ndarray) -> np.ndarray:
+    offsets = _offsets(searcher)
+    return np.array([offsets[h.shard] + h.row for h in searcher.search_vector(xq[0], K)])
+
+
+def _product_rows(searcher: Any, xq: np.ndarray) -> np.ndarray:
+    """search_vectors' answer as ids, without building Hit objects (the metadata join)."""
+    offsets = np.cumsum([0] + [s.info.count for s in searcher.shards])[:-1]
+    _, owners, rows = searcher._top_rows(np.ascontiguousarray(xq, dtype=np.float32), K)
+    return np.where(rows >= 0, offsets[owners] + rows, -1)
+
+
+def _store_ram(searcher: Any, store: Path) -> tuple[float, dict[str, float]]:
+    """Bytes per vector the open index keeps in RAM: each shard's index file as read (PQ codes,
+    ids, fast-scan block padding; no centroids) plus the shared coarse centroids once."""
     import faiss
 
-    quantizer = faiss.extract_index_ivf(searcher.shards[0].index).quantizer
-    coarse_d, coarse_i = quantizer.search(xq, searcher.config.nprobe)
-    total = sum(s.info.count for s in searcher.shards)
-    budget = k * searcher.config.rerank_factor
-    per_shard = []
-    for shard in searcher.shards:
-        kk = min(shard.info.count, int(np.ceil(budget * shard.info.count / total)) + k)
-        per_shard.append(faiss.extract_index_ivf(shard.index).search_preassigned(xq, kk, coarse_i, coarse_d)[1])
-    return _rerank_merge(searcher, offsets, xq, k, per_shard)
-
-
-def _rerank_merge(searcher: Any, offsets: np.ndarray, xq: np.ndarray, k: int,
-                  per_shard: list[np.ndarray], chunk: int = 16) -> np.ndarray:
-    """Exact float16 re-rank of each shard's candidate ids (tombstoned and missing ids score
-    -inf), merged into global top-k ids (shard offset + row)."""
-    cand_ids, cand_scores = [], []
-    for shard, offset, ids in zip(searcher.shards, offsets, per_shard):
-        scores = np.full(ids.shape, -np.inf, dtype=np.float32)
-        for s in range(0, len(xq), chunk):
-            block = ids[s:s + chunk]
-            valid = block >= 0
-            rows = np.where(valid, block, 0)
-            vecs = np.asarray(shard.vectors[rows.ravel()], dtype=np.float32).reshape(*rows.shape, -1)
-            sc = np.matmul(vecs, xq[s:s + chunk, :, None])[..., 0]
-            sc[~valid | shard.dead[rows]] = -np.inf
-            scores[s:s + chunk] = sc
-        cand_ids.append(ids + offset)
-        cand_scores.append(scores)
-    all_ids = np.concatenate(cand_ids, axis=1)
-    all_scores = np.concatenate(cand_scores, axis=1)
-    top = np.argsort(-all_scores, axis=1, kind="stable")[:, :k]
-    return np.take_along_axis(all_ids, top, axis=1)
-
-
-def _shard_pos(searcher: Any, name: str) -> int:
-    return next(i for i, s in enumerate(searcher.shards) if s.info.name == name)
+    n = sum(s.info.count for s in searcher.shards)
+    files = sum((store / "shards" / s.info.name / "index.faiss").stat().st_size for s in searcher.shards)
+    centroids = len(faiss.serialize_index(searcher._quantizer)) if searcher._quantizer is not None else 0
+    ivf = faiss.try_extract_index_ivf(searcher.shards[0].index)
+    parts = {"shard index files": files / n, "shared centroids": centroids / n}
+    if ivf is not None:
+        parts = {"PQ codes": float(ivf.code_size), "ids": 8.0,
+                 "fast-scan padding and headers": files / n - ivf.code_size - 8, **parts}
+        del parts["shard index files"]
+    return (files + centroids) / n, parts
 
 
 def _store_imbalance(searcher: Any) -> float | None:
@@ -422,12 +384,16 @@ def _meta(start: int, rows: int, pa: Any, schema: Any) -> Any:
 
 
 # -- measuring ----------------------------------------------------------------------------
+PASSES = 5  # batch timings are the best of this many passes, for every system alike
+
+
 def _batch_qps(search: Any, xq: np.ndarray, batch: int = 1000) -> tuple[float, np.ndarray]:
-    """Queries/s over the query set in batches of `batch` (best of two passes: the first one
-    also warms caches); returns the ids of the last pass."""
+    """Queries/s over the query set in batches of `batch`, best of PASSES passes (the first
+    one also warms caches; other jobs on a shared machine slow single passes by up to 2x);
+    returns the ids of the last pass."""
     best = 0.0
     ids = None
-    for _ in range(2):
+    for _ in range(PASSES):
         started = time.perf_counter()
         parts = [search(xq[s:s + batch]) for s in range(0, len(xq), batch)]
         best = max(best, len(xq) / (time.perf_counter() - started))
@@ -609,11 +575,11 @@ def main(argv: list[str] | None = None) -> int:
     if skipped:
         print(f"- {skipped}")
     if sweep_rows:
-        print("\n| nprobe | re-rank x k | recall@10 | batch q/s | proposed searcher recall@10 | proposed q/s |"
-              "\n|---|---|---|---|---|---|")
+        vs = f" | x Flat ({flat_row.batch_qps:,.0f} q/s)"
+        print(f"\n| nprobe | re-rank x k | recall@10 | batch q/s{vs} |\n|---|---|---|---|---|")
         for s in sweep_rows:
             print(f"| {s['nprobe']} | {s['rerank_factor']} | {s['recall']:.3f} | {s['batch_qps']:,.0f} | "
-                  f"{s['proposed_recall']:.3f} | {s['proposed_batch_qps']:,.0f} |")
+                  f"{s['batch_qps'] / flat_row.batch_qps:.1f}x |")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=2, default=float))
