@@ -215,6 +215,27 @@ def test_embed_endpoints_return_the_models_unit_vectors(served: SimpleNamespace)
     assert stored.path == str(photo) and stored.score > 0.999
 
 
+def test_batch_vector_search_answers_each_vector_like_a_single_search(served: SimpleNamespace) -> None:
+    vecs = served.client.post("/api/embed/text", json={"texts": ["a red car", "一只狗", "snow"]}).json()["vectors"]
+    r = served.client.post("/api/search/vectors", json={"vectors": vecs, "k": 4})
+    assert r.status_code == 200, r.text
+    results = r.json()["results"]
+    assert len(results) == 3 and r.json()["k"] == 4
+    for vec, result in zip(vecs, results):
+        local = served.service.index.search_vector(np.array(vec), 4)
+        assert [h["id"] for h in result["hits"]] == [h.id for h in local] and result["count"] == 4
+        assert result["hits"][0]["thumbnail"].endswith("/thumbnail")
+    folder = str(served.photos / "2023")
+    filtered = served.client.post("/api/search/vectors", json={"vectors": vecs[:1], "k": 3, "filter": {"folder": folder}})
+    assert all(h["path"].startswith(folder) for h in filtered.json()["results"][0]["hits"])
+    for bad in ({"vectors": [vecs[0][:5]]}, {"vectors": [vecs[0], vecs[1][:5]]}, {"vectors": []},
+                {"vectors": [[float("nan")] * len(vecs[0])]}, {"vectors": vecs, "k": 0}):
+        answer = served.client.post("/api/search/vectors", content=json.dumps(bad, allow_nan=True),
+                                    headers={"content-type": "application/json"})
+        assert answer.status_code == 422, (bad if len(str(bad)) < 200 else list(bad), answer.text)
+        assert answer.json()["error"]
+
+
 def test_match_gives_caption_probabilities(served: SimpleNamespace) -> None:
     photo = served.photos / "2019" / "beach.jpg"
     captions = ["a diagram", "a dog", "horses", "海边的一只狗"]

@@ -49,6 +49,7 @@ class Limits:
     max_text: int = 2000  # characters per text
     max_texts: int = 64  # texts per embed call, captions per match
     max_negatives: int = 16
+    max_vectors: int = 1000  # query vectors per batch vector search
     thumbnail_sizes: tuple[int, int] = (32, 1024)  # smallest and largest thumbnail side
 
 
@@ -159,6 +160,16 @@ class QueryIn(BaseModel):
         return _check_texts(v, "a negative text")
 
 
+class VectorSearchIn(BaseModel):
+    """Nearest items to each of your own unit vectors of the index's model (from /api/embed/*
+    or the same model elsewhere), searched as one batch."""
+
+    model_config = ConfigDict(extra="forbid")
+    vectors: list[list[StrictFloat | StrictInt]] = Field(..., min_length=1, max_length=Limits.max_vectors)
+    k: StrictInt = Field(20, ge=1, le=Limits.max_k)
+    filter: Optional[FilterIn] = None
+
+
 class EmbedTextIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     texts: list[str] = Field(..., min_length=1, max_length=Limits.max_texts)
@@ -191,6 +202,12 @@ class HitOut(BaseModel):
 class SearchOut(BaseModel):
     hits: list[HitOut]
     count: int
+    k: int
+    took_ms: float
+
+
+class VectorSearchOut(BaseModel):
+    results: list[SearchOut]
     k: int
     took_ms: float
 
@@ -329,7 +346,8 @@ def create_app(service: SearchService, token: str | None = None, limits: Limits 
     def info() -> dict[str, Any]:
         data = service.info()
         data["limits"] = {"max_k": limits.max_k, "max_text": limits.max_text, "max_body": limits.max_body,
-                          "max_texts": limits.max_texts, "max_pixels": service.config.max_pixels}
+                          "max_texts": limits.max_texts, "max_vectors": limits.max_vectors,
+                          "max_pixels": service.config.max_pixels}
         return data
 
     @api.post("/search/text", tags=["search"], response_model=SearchOut, summary="Search by a sentence")
@@ -353,6 +371,16 @@ def create_app(service: SearchService, token: str | None = None, limits: Limits 
         started = time.perf_counter()
         hits = service.similar(body.id, body.k, _filter(body.filter), body.exclude_self)
         return hits_json(hits, body.k, started)
+
+    @api.post("/search/vectors", tags=["search"], response_model=VectorSearchOut,
+              summary="Batch search by unit vectors of the index's model (up to 1,000 per request)")
+    def search_vectors(body: VectorSearchIn) -> Any:
+        started = time.perf_counter()
+        batches = service.search_vectors(body.vectors, body.k, _filter(body.filter))
+        took = round((time.perf_counter() - started) * 1000, 2)
+        results = [{"hits": [_hit_json(h) for h in hits], "count": len(hits), "k": body.k, "took_ms": took}
+                   for hits in batches]
+        return SafeJSONResponse({"results": results, "k": body.k, "took_ms": took})
 
     @api.post("/query", tags=["search"], response_model=SearchOut,
               summary="Combined query: text + image (+ item) with weights, minus negative texts")

@@ -153,6 +153,14 @@ class SearchService:
     def search_text(self, text: str, k: int, flt: SearchFilter) -> list[Hit]:
         return self.index.search_vector(self.embed_texts([text])[0], k, flt)
 
+    def search_vectors(self, vectors: Sequence[Sequence[float]], k: int, flt: SearchFilter) -> list[list[Hit]]:
+        """One batch search for many query vectors (SearchIndex.search_vectors checks them)."""
+        try:
+            matrix = np.asarray(vectors, dtype=np.float32)
+        except ValueError as e:  # ragged rows
+            raise InvalidQueryError("the query vectors must all have the same length") from e
+        return self.index.search_vectors(matrix, k, flt)
+
     def search_image(self, data: bytes, k: int, flt: SearchFilter) -> list[Hit]:
         return self.index.search_vector(self.embed_image(data), k, flt)
 
