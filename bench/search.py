@@ -183,11 +183,11 @@ def bench_flat(data: Data, n_single: int, work: Path) -> tuple[Row, np.ndarray]:
 def bench_ours(data: Data, gt: np.ndarray, work: Path, cfg: Any, n_single: int,
                log: Any) -> tuple[list[Row], Path]:
     """Our index built by the product: IndexWriter commits shards the size the indexer uses,
-    then maybe_train() trains IVF-PQ on stored vectors and re-indexes every shard, as after
-    `llm2search index` (training merges shards up to ivf_shard_rows). Searched only through the product's calls: batches of 1,000 through
-    SearchIndex.search_vectors, single queries through SearchIndex.search_vector (coarse
-    search, exact float16 re-rank and metadata join included in both)."""
-    import faiss
+    then maybe_train() trains IVF-PQ on stored vectors and re-indexes every shard (merging them
+    up to ivf_shard_rows), as after `llm2search index`. Searched only through the product's
+    calls: batches of 1,000 through SearchIndex.search_vectors, single queries through
+    SearchIndex.search_vector (coarse search, exact float16 re-rank and metadata join included
+    in both)."""
     import pyarrow as pa
 
     from llm2search.indexer.pipeline import IndexingConfig

@@ -3,7 +3,6 @@ commit, and a rerun must finish with exactly one live entry per file."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess

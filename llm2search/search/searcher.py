@@ -61,10 +61,11 @@ class Hit:
 
 
 class _OpenShard:
-    def __init__(self, index_dir: Path, info: ShardInfo, use_gpu: bool, quantizer: Any | None):
+    def __init__(self, index_dir: Path, info: ShardInfo, use_gpu: bool, trained: Any | None):
         self.info = info
-        self._quantizer = quantizer  # shared coarse centroids: must live as long as the index
-        index = open_shard_index(index_dir, info, quantizer)
+        # The shared coarse centroids belong to the trained index: keep it alive with the shard.
+        self._trained = trained
+        index = open_shard_index(index_dir, info, coarse_quantizer(trained) if trained is not None else None)
         self.index = to_gpu_if_available(index) if use_gpu else index
         self.vectors = open_shard_vectors(index_dir, info)
         self.dead = np.zeros(info.count, dtype=bool)
@@ -176,8 +177,9 @@ class SearchIndex:
     def _open_shards(self, use_gpu: bool) -> list[_OpenShard]:
         for attempt in range(3):  # a writer may garbage-collect between manifest read and open
             try:
-                self._quantizer = self._shared_quantizer()
-                shards = [_OpenShard(self.dir, s, use_gpu, self._quantizer) for s in self.manifest.shards]
+                self._trained = self._read_trained()
+                self._quantizer = coarse_quantizer(self._trained) if self._trained is not None else None
+                shards = [_OpenShard(self.dir, s, use_gpu, self._trained) for s in self.manifest.shards]
             except (FileNotFoundError, RuntimeError) as e:
                 if attempt == 2:
                     raise IndexCorruptError(f"shard files of {self.dir} are missing: {e}") from e
@@ -190,12 +192,11 @@ class SearchIndex:
             return shards
         return []
 
-    def _shared_quantizer(self) -> Any | None:
-        """The coarse centroids every IVF-PQ shard shares, read once from the trained file."""
+    def _read_trained(self) -> Any | None:
+        """The trained IVF-PQ template, whose coarse centroids every IVF-PQ shard shares."""
         if self.manifest.index_type != "ivfpq" or not self.manifest.trained:
             return None
-        self._trained = read_index(self.dir / self.manifest.trained["file"], mmap=False)
-        return coarse_quantizer(self._trained)
+        return read_index(self.dir / self.manifest.trained["file"], mmap=False)
 
     @property
     def embedder(self) -> Any:
