@@ -186,6 +186,15 @@ def main(argv: list[str] | None = None) -> int:
 
     manifest = read_manifest(index)
     timings = phases(index, args.repeats)
+    # The same steps with a single query's re-rank forced onto the batch path's OpenMP decoder,
+    # the alternative searcher.NUMPY_DECODE_MAX_ROWS decides against.
+    from llm2search.search import searcher as searcher_module
+
+    numpy_max, searcher_module.NUMPY_DECODE_MAX_ROWS = searcher_module.NUMPY_DECODE_MAX_ROWS, 0
+    try:
+        timings["re-rank, faiss OpenMP decode instead (comparison)"] = phases(index, args.repeats)["re-rank"]
+    finally:
+        searcher_module.NUMPY_DECODE_MAX_ROWS = numpy_max
     timings["cold `llm2search query` (process wall)"] = cold_cli(model, index, args.cold_runs)
     server = warm_server(index, args.repeats)
     warm_label = "warm server (HTTP search/text)" if server else "warm in-process (SearchIndex.search)"

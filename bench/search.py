@@ -3,7 +3,7 @@ store and searcher code) vs the index autofaiss picks, on synthetic LLM2CLIP-lik
 
     python bench/search.py                      # N=500,000 (10-60 min, see bench/README.md)
     python bench/search.py --quick              # seconds; used by tests/test_bench_quick.py
-    python bench/search.py --sweep              # also nprobe x re-rank depth on our index
+    python bench/search.py --sweep              # also nprobe x re-rank depth, and re-rank variants
 
 Prints one table (recall@10, queries/s, latency, bytes per vector, build time, ratios) and, with
 --json, writes the same numbers for machines. Everything is measured in this run except a
@@ -305,6 +305,57 @@ def sweep(searcher_dir: Path, cfg: Any, data: Data, gt: np.ndarray, log: Any) ->
     return out
 
 
+def rerank_experiments(searcher_dir: Path, cfg: Any, data: Data, gt: np.ndarray, log: Any) -> dict[str, Any]:
+    """Two alternatives to the searcher's exact re-rank, measured against it (ids only):
+    - decoder: batches decoded with numpy instead of faiss's OpenMP decoder;
+    - adaptive depth: score the best `first` PQ estimates exactly, then only those of the rest
+      (up to rerank_factor x k) whose estimate, plus the query's mean estimate error on the
+      first ones and `c` standard deviations of it, still reaches the k-th exact score so far.
+      Reported: rows re-ranked per query and recall, vs re-ranking all of them."""
+    from llm2search.search import searcher as searcher_module
+
+    searcher = _open_searcher(searcher_dir, cfg)
+    qps, _ = _batch_qps(lambda q: _product_rows(searcher, q), data.xq)
+    numpy_max, searcher_module.NUMPY_DECODE_MAX_ROWS = searcher_module.NUMPY_DECODE_MAX_ROWS, 1 << 62
+    try:
+        numpy_qps, _ = _batch_qps(lambda q: _product_rows(searcher, q), data.xq)
+    finally:
+        searcher_module.NUMPY_DECODE_MAX_ROWS = numpy_max
+    log(f"re-rank decoder: faiss (default) {qps:.0f} q/s, numpy {numpy_qps:.0f} q/s")
+
+    xq = data.xq
+    depth = K * cfg.rerank_factor
+    coarse = searcher._coarse(xq)
+    found = [s.nearest(xq, depth, coarse) for s in searcher.shards]
+    estimate = np.concatenate([f[0] for f in found], axis=1)
+    rows = np.concatenate([f[1] for f in found], axis=1)
+    owners = np.concatenate([np.full(f[1].shape, i) for i, f in enumerate(found)], axis=1)
+    order = np.argsort(-estimate, axis=1, kind="stable")[:, :depth]  # best estimates first
+    estimate, rows, owners = (np.take_along_axis(a, order, axis=1) for a in (estimate, rows, owners))
+    exact = searcher._exact_scores(xq, owners, rows)
+    offsets = np.cumsum([0] + [s.info.count for s in searcher.shards])[:-1]
+    ids = np.where(rows >= 0, offsets[owners] + rows, -1)
+
+    def recall_of(scores: np.ndarray) -> float:
+        top = np.argsort(-scores, axis=1, kind="stable")[:, :K]
+        return _recall(np.take_along_axis(ids, top, axis=1), gt)
+
+    adaptive = [{"first": 0, "c": None, "rows_per_query": float(depth), "recall": recall_of(exact)}]
+    error = exact - estimate
+    for first in (30, 50):
+        for c in (1.0, 2.0, 3.0):
+            kth = np.sort(exact[:, :first], axis=1)[:, -K]
+            mu, sd = error[:, :first].mean(axis=1), error[:, :first].std(axis=1)
+            rest = estimate[:, first:] + (mu + c * sd)[:, None] >= kth[:, None]
+            scores = exact.copy()
+            scores[:, first:][~rest] = -np.inf
+            adaptive.append({"first": first, "c": c, "rows_per_query": float(first + rest.sum(axis=1).mean()),
+                             "recall": recall_of(scores)})
+            log(f"adaptive re-rank: first {first}, c {c}: {adaptive[-1]['rows_per_query']:.0f} rows/query, "
+                f"recall@10 {adaptive[-1]['recall']:.3f} (all {depth}: {adaptive[0]['recall']:.3f})")
+    return {"decoder_qps": {"faiss": qps, "numpy": numpy_qps}, "adaptive": adaptive, "depth": depth}
+
+
 # -- the product's search -------------------------------------------------------------------
 def _open_searcher(store: Path, cfg: Any) -> Any:
     from llm2search.search.searcher import SearchIndex
@@ -535,11 +586,13 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(flat_row)
     log(f"flat: {flat_row.batch_qps:.0f} q/s")
     sweep_rows = None
+    experiments = None
     if "ours" in systems:
         ours, store = bench_ours(data, gt, work, cfg, args.single, log)
         rows.extend(ours)
         if args.sweep:
             sweep_rows = sweep(store, cfg, data, gt, log)
+            experiments = rerank_experiments(store, cfg, data, gt, log)
     skipped = None
     if "autofaiss" in systems and args.quick and not args.with_autofaiss:
         skipped = "autofaiss skipped in --quick (its OPQ training alone takes minutes); --with-autofaiss runs it"
@@ -559,7 +612,7 @@ def main(argv: list[str] | None = None) -> int:
         "threads": args.threads, "generator": asdict(gen), "data": data.stats,
         "index_config": asdict(cfg),
         "dims_per_subquantizer": vector_index.DIMS_PER_SUBQUANTIZER,
-        "rows": [asdict(r) for r in rows], "sweep": sweep_rows, "skipped": skipped,
+        "rows": [asdict(r) for r in rows], "sweep": sweep_rows, "rerank_experiments": experiments, "skipped": skipped,
     }
     m = result["machine"]
     print(f"# bench/search.py  N={args.n:,} x {gen.dim}, {args.queries} queries, k={K}, "
@@ -580,6 +633,14 @@ def main(argv: list[str] | None = None) -> int:
         for s in sweep_rows:
             print(f"| {s['nprobe']} | {s['rerank_factor']} | {s['recall']:.3f} | {s['batch_qps']:,.0f} | "
                   f"{s['batch_qps'] / flat_row.batch_qps:.1f}x |")
+    if experiments:
+        d = experiments["decoder_qps"]
+        print(f"\nre-rank decoder (ids only): faiss {d['faiss']:,.0f} q/s, numpy {d['numpy']:,.0f} q/s "
+              f"({d['faiss'] / d['numpy']:.2f}x)")
+        print(f"\n| adaptive re-rank: first | c | rows per query | recall@10 |\n|---|---|---|---|")
+        for a in experiments["adaptive"]:
+            first = f"all {experiments['depth']}" if not a["first"] else a["first"]
+            print(f"| {first} | {a['c'] if a['c'] is not None else '-'} | {a['rows_per_query']:.0f} | {a['recall']:.3f} |")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=2, default=float))

@@ -21,7 +21,7 @@ def run_bench(script: str, tmp_path: Path, *args: str) -> tuple[dict, str]:
 
 
 def test_search_bench_quick(tmp_path: Path) -> None:
-    result, stdout = run_bench("search.py", tmp_path, "--systems", "flat,ours,autofaiss")
+    result, stdout = run_bench("search.py", tmp_path, "--systems", "flat,ours,autofaiss", "--sweep")
     rows = {r["system"]: r for r in result["rows"]}
     flat, ours = rows["Flat (exact)"], rows["ours (product)"]
     assert flat["recall"] == 1.0 and flat["ram_bytes_per_vector"] >= 1280 * 4
@@ -35,6 +35,18 @@ def test_search_bench_quick(tmp_path: Path) -> None:
     # autofaiss is skipped in --quick (its own venv, minutes of OPQ training), and says so
     assert "autofaiss" not in rows and "autofaiss skipped" in result["skipped"]
     assert "| Flat (exact) |" in stdout and "| ours (product) |" in stdout and "autofaiss skipped" in stdout
+    # --sweep: nprobe x re-rank depth through the product's call, and the re-rank variants
+    sweep = result["sweep"]
+    assert {(s["nprobe"], s["rerank_factor"]) for s in sweep} == {(p, f) for p in (8, 16, 32, 64) for f in (5, 10, 15, 20, 30)}
+    assert all(0 < s["recall"] <= 1 and s["batch_qps"] > 0 for s in sweep)
+    experiments = result["rerank_experiments"]
+    assert experiments["decoder_qps"]["faiss"] > 0 and experiments["decoder_qps"]["numpy"] > 0
+    full, *adaptive = experiments["adaptive"]
+    assert full["rows_per_query"] == experiments["depth"]
+    # nprobe 32, x15 (the defaults) in the sweep; ties between PQ estimates may pick other rows
+    assert len(adaptive) == 6 and abs(full["recall"] - result["sweep"][12]["recall"]) <= 0.01
+    assert all(a["first"] <= a["rows_per_query"] <= full["rows_per_query"] and 0 < a["recall"] <= 1 for a in adaptive)
+    assert "| adaptive re-rank: first |" in stdout
 
 
 def test_index_bench_quick(tmp_path: Path) -> None:

@@ -28,6 +28,11 @@ NO_FILTER = SearchFilter()
 EXACT_SCAN_ELEMENTS = 1 << 22
 EXACT_SCAN_CHUNK_ELEMENTS = 1 << 24  # rows x dim per chunk of a fallback exact scan (64 MB fp32)
 RERANK_CHUNK_ROWS = 512  # float16 rows gathered and decoded per step of the exact re-rank (2.5 MB)
+# A re-rank of at most this many rows (one query's) decodes float16 with numpy on the calling
+# thread; bigger ones (batches) use faiss's OpenMP decoder on a thread pool. Right after the text
+# encoder, torch's OpenMP threads still spin and an OpenMP decode waits for them (bench/query.py
+# times both).
+NUMPY_DECODE_MAX_ROWS = 1024
 ALLOWED_CACHE = 32  # row selections kept per shard (the web page repeats the same filter)
 
 
@@ -298,14 +303,10 @@ class SearchIndex:
         def score(task: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray], batched: bool) -> None:
             vectors, chunk_rows, q_at, c_at = task
             gathered = np.take(vectors, chunk_rows, axis=0)
-            # faiss decodes float16 faster than numpy (OpenMP), which pays in batches; a single
-            # query's few hundred rows use numpy, because right after the text encoder torch's
-            # OpenMP threads still spin and an OpenMP decode then waited for them (bench/query.py:
-            # re-rank p50 2.6 ms with faiss, 1.1 ms with numpy).
             v = self._fp16.decode(gathered.view(np.uint8)) if batched else gathered.astype(np.float32)
             scores[q_at, c_at] = np.einsum("ij,ij->i", v, queries[q_at])
 
-        if len(tasks) > 1:
+        if sum(len(t[1]) for t in tasks) > NUMPY_DECODE_MAX_ROWS:
             list(_rerank_pool().map(lambda task: score(task, True), tasks))
         else:
             for task in tasks:
