@@ -178,14 +178,17 @@ class IndexWriter:
         return True
 
     def _merge(self, group: list[ShardInfo], trained: Any | None) -> ShardInfo:
-        """One new shard holding the live rows of `group`, in order."""
-        vectors, metas = [], []
-        for s in group:
-            keep = np.setdiff1d(np.arange(s.count), read_tombstones(self.dir, s))
-            vectors.append(np.asarray(open_shard_vectors(self.dir, s))[keep])
+        """One new shard holding the live rows of `group`, in order. The float16 vectors are
+        copied once, into the merged array (1.2 GB for 500k rows of 1280-d), not once per part
+        and again by a concatenation."""
+        keeps = [np.setdiff1d(np.arange(s.count), read_tombstones(self.dir, s)) for s in group]
+        vectors = np.empty((sum(len(k) for k in keeps), self.manifest.dim), dtype=np.float16)
+        metas, at = [], 0
+        for s, keep in zip(group, keeps):
+            np.take(open_shard_vectors(self.dir, s), keep, axis=0, out=vectors[at:at + len(keep)])
             metas.append(read_shard_meta(self.dir, s).take(keep))
-        data = ShardData(np.concatenate(vectors), pa.concat_tables(metas))
-        return write_shard(self.dir, self._next_name(), data, trained)
+            at += len(keep)
+        return write_shard(self.dir, self._next_name(), ShardData(vectors, pa.concat_tables(metas)), trained)
 
     # -- helpers -------------------------------------------------------------------------
     def _next_name(self) -> str:
