@@ -22,8 +22,8 @@ MIN_TRAIN_POINTS = 64  # 4-bit PQ needs >= 16 points per sub-quantizer; below th
 RETRAIN_GROWTH = 4.0  # retrain once the collection is this many times the training sample's base
 # Rows per IVF-PQ shard that training and compaction merge shards up to. Each shard pays ~nlist x
 # 15.5 x code size bytes of fast-scan block padding (lists are stored in blocks of 32 codes) plus
-# 8 B/row of ids: 2.5 MB at 2048 lists, i.e. 26 B/vector for 5 shards of 100k but 5 B/vector
-# for one of 500k (bench/search.py). 500k rows is 1.2 GB of float16 vectors to rewrite at most.
+# 8 B/row of ids: 2.5 MB at 2048 lists; bench/search.py measured 28 B/vector of padding and
+# headers for 5 shards of 100k, 5.3 for one of 500k. 500k rows is 1.2 GB of float16 to rewrite.
 IVF_SHARD_ROWS = 500_000
 ADD_CHUNK_ROWS = 16_384  # rows converted to float32 per faiss add: 84 MB at 1280-d
 
