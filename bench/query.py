@@ -86,7 +86,7 @@ def phases(index_dir: Path, repeats: int) -> dict[str, list[float]]:
         q = searcher.embedder.embed_texts([text])[0].reshape(1, -1).astype(np.float32)
         t["encode"].append(_ms(s))
         s = time.perf_counter()  # the steps search() runs, called one by one
-        owners, rows = searcher._candidates(q, k)  # shared coarse search + each shard's lists
+        _, owners, rows = searcher._candidates(q, k)  # shared coarse search + each shard's lists
         t["search"].append(_ms(s))
         s = time.perf_counter()
         top = searcher._rerank(q, owners, rows, k)

@@ -324,13 +324,9 @@ def rerank_experiments(searcher_dir: Path, cfg: Any, data: Data, gt: np.ndarray,
     log(f"re-rank decoder: faiss (default) {qps:.0f} q/s, numpy {numpy_qps:.0f} q/s")
 
     xq = data.xq
-    depth = K * cfg.rerank_factor
-    coarse = searcher._coarse(xq)
-    found = [s.nearest(xq, depth, coarse) for s in searcher.shards]
-    estimate = np.concatenate([f[0] for f in found], axis=1)
-    rows = np.concatenate([f[1] for f in found], axis=1)
-    owners = np.concatenate([np.full(f[1].shape, i) for i, f in enumerate(found)], axis=1)
-    order = np.argsort(-estimate, axis=1, kind="stable")[:, :depth]  # best estimates first
+    estimate, owners, rows = searcher._candidates(xq, K)  # the rows the searcher would re-rank
+    depth = estimate.shape[1]
+    order = np.argsort(-estimate, axis=1, kind="stable")  # best estimates first
     estimate, rows, owners = (np.take_along_axis(a, order, axis=1) for a in (estimate, rows, owners))
     exact = searcher._exact_scores(xq, owners, rows)
     offsets = np.cumsum([0] + [s.info.count for s in searcher.shards])[:-1]

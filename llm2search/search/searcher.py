@@ -254,29 +254,34 @@ class SearchIndex:
     def _top_rows(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Each query's k best live rows by exact score on the stored vectors: (scores, shard
         positions, rows), each (n, <= k), padded with -inf / -1 where the index has fewer rows."""
-        owners, rows = self._candidates(queries, k)
+        _, owners, rows = self._candidates(queries, k)
         return self._rerank(queries, owners, rows, k)
 
-    def _candidates(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """(shard positions, rows) to score exactly, (n, depth) each, -1 rows for padding. Flat:
+    def _rerank_depth(self, k: int) -> int:
+        """Candidates scored exactly: k from Flat (its scores are exact already), rerank_factor
+        x k from IVF-PQ (over all shards unfiltered, per shard when filtered)."""
+        return k if self.manifest.index_type == "flat" else k * self.config.rerank_factor
+
+    def _candidates(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(index scores, shard positions, rows) to score exactly, (n, depth) each, unordered,
+        -inf / -1 for padding. The index scores are PQ estimates for IVF-PQ, exact for Flat:
         each shard's exact top k. IVF-PQ: each shard's best `rerank_factor x k` by PQ estimate;
         all shards copy one trained quantizer, so their estimates are comparable and the best
         `rerank_factor x k` over all shards are kept, whatever the shard count."""
         live = [i for i, s in enumerate(self.shards) if s.info.count]
         n = len(queries)
         if not live:
-            return np.zeros((n, 0), np.int64), np.full((n, 0), -1, np.int64)
-        exact = self.manifest.index_type == "flat"
-        depth = k if exact else k * self.config.rerank_factor
-        coarse = None if exact else self._coarse(queries)
+            return np.full((n, 0), -np.inf, np.float32), np.zeros((n, 0), np.int64), np.full((n, 0), -1, np.int64)
+        depth = self._rerank_depth(k)
+        coarse = None if self.manifest.index_type == "flat" else self._coarse(queries)
         found = [self.shards[i].nearest(queries, depth, coarse) for i in live]
         estimate = np.concatenate([f[0] for f in found], axis=1)
         rows = np.concatenate([f[1] for f in found], axis=1)
         owners = np.concatenate([np.full(f[1].shape, i, dtype=np.int64) for i, f in zip(live, found)], axis=1)
         if estimate.shape[1] > depth:
             best = np.argpartition(-estimate, depth - 1, axis=1)[:, :depth]
-            rows, owners = np.take_along_axis(rows, best, axis=1), np.take_along_axis(owners, best, axis=1)
-        return owners, rows
+            estimate, rows, owners = (np.take_along_axis(a, best, axis=1) for a in (estimate, rows, owners))
+        return estimate, owners, rows
 
     def _rerank(self, queries: np.ndarray, owners: np.ndarray, rows: np.ndarray,
                 k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -316,7 +321,7 @@ class SearchIndex:
     def _search_filtered(self, q: np.ndarray, k: int, flt: SearchFilter) -> list[Hit]:
         """One query among the rows `flt` allows: each shard's candidates (rerank_factor x k
         per shard, or every allowed row when that is cheaper), re-ranked exactly."""
-        want = k if self.manifest.index_type == "flat" else k * self.config.rerank_factor
+        want = self._rerank_depth(k)
         owners, rows = [], []
         for i, shard in enumerate(self.shards):
             if shard.info.count:

@@ -316,8 +316,7 @@ def create_app(service: SearchService, token: str | None = None, limits: Limits 
     def hits_json(hits: list[Hit], k: int, started: float) -> dict[str, Any]:
         # Returned as a response, not through response_model: no second validation of 1000 hits,
         # and paths that are not UTF-8 survive (see SafeJSONResponse).
-        return SafeJSONResponse({"hits": [_hit_json(h) for h in hits], "count": len(hits), "k": k,
-                                 "took_ms": round((time.perf_counter() - started) * 1000, 2)})
+        return SafeJSONResponse(_hits_body(hits, k, _ms_since(started)))
 
     def form_k(k: int) -> int:
         if not 1 <= k <= limits.max_k:
@@ -377,10 +376,9 @@ def create_app(service: SearchService, token: str | None = None, limits: Limits 
     def search_vectors(body: VectorSearchIn) -> Any:
         started = time.perf_counter()
         batches = service.search_vectors(body.vectors, body.k, _filter(body.filter))
-        took = round((time.perf_counter() - started) * 1000, 2)
-        results = [{"hits": [_hit_json(h) for h in hits], "count": len(hits), "k": body.k, "took_ms": took}
-                   for hits in batches]
-        return SafeJSONResponse({"results": results, "k": body.k, "took_ms": took})
+        took = _ms_since(started)
+        return SafeJSONResponse({"results": [_hits_body(hits, body.k, took) for hits in batches],
+                                 "k": body.k, "took_ms": took})
 
     @api.post("/query", tags=["search"], response_model=SearchOut,
               summary="Combined query: text + image (+ item) with weights, minus negative texts")
@@ -449,6 +447,15 @@ def create_app(service: SearchService, token: str | None = None, limits: Limits 
 
 def _filter(f: Optional[FilterIn]) -> SearchFilter:
     return f.to_filter() if f is not None else SearchFilter()
+
+
+def _hits_body(hits: list[Hit], k: int, took_ms: float) -> dict[str, Any]:
+    """A search answer: SearchOut's fields."""
+    return {"hits": [_hit_json(h) for h in hits], "count": len(hits), "k": k, "took_ms": took_ms}
+
+
+def _ms_since(started: float) -> float:
+    return round((time.perf_counter() - started) * 1000, 2)
 
 
 def _hit_json(h: Hit) -> dict[str, Any]:
