@@ -120,7 +120,7 @@ def warm_server(index: Path, repeats: int) -> dict[str, list[float]] | None:
         import fastapi  # noqa: F401
         import uvicorn  # noqa: F401
 
-        import llm2search.search.server  # noqa: F401
+        import llm2search.serve.server  # noqa: F401
     except ImportError:
         return None
     exe = Path(sys.executable).parent / "llm2search"

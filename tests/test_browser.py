@@ -13,8 +13,9 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from llm2search.search.server import build_app
-from llm2search.search.service import SearchService, ServiceConfig
+from llm2search.serve.config import ServiceConfig
+from llm2search.serve.server import build_app
+from llm2search.serve.service import SearchService
 from tests.serving import build_index, make_collection, running_server
 
 CHROMIUM = os.environ.get("LLM2SEARCH_CHROMIUM", "/usr/bin/chromium")

@@ -23,8 +23,10 @@ from typer.testing import CliRunner
 
 from llm2search.cli import app as cli_app
 from llm2search.search.filters import SearchFilter, parse_time
-from llm2search.search.server import Limits, build_app, check_bind
-from llm2search.search.service import SearchService, ServiceConfig
+from llm2search.serve.config import Limits, ServiceConfig
+from llm2search.serve.security import check_bind
+from llm2search.serve.server import build_app
+from llm2search.serve.service import SearchService
 from tests.serving import DATED, build_index, make_collection, running_server
 
 TOKEN = "s3cret-token"
@@ -392,7 +394,7 @@ def test_requests_queued_behind_the_model_are_embedded_in_one_batch(served: Simp
 
 
 def test_one_bad_input_in_a_batch_fails_only_its_own_request(served: SimpleNamespace) -> None:
-    from llm2search.search.service import Batcher
+    from llm2search.serve.batching import Batcher
 
     def fn(items):
         if any(x < 0 for x in items):

@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from .errors import Llm2SearchError
+from ..errors import Llm2SearchError
 
 demo_app = typer.Typer(
     help="Try llm2search offline with the bundled toy model (synthetic shapes, English + Chinese).",
@@ -34,8 +34,8 @@ def demo(
     """Generate a folder of scenes, index it with the bundled model, run English and Chinese queries."""
     if ctx.invoked_subcommand is not None:
         return
-    from .demo.tour import run_tour
-    from .paths import data_home
+    from ..demo.tour import run_tour
+    from ..paths import data_home
 
     home = home if home is not None else data_home() / "demo"
     try:
@@ -63,7 +63,7 @@ def scenes(
     size: int = typer.Option(64, "--size", min=16, help="Width and height in pixels."),
 ) -> None:
     """Write synthetic scenes (PNG) plus labels.csv (file, count, colour, shape, captions)."""
-    from .demo.scenes import CLASSES, write_scenes
+    from ..demo.scenes import CLASSES, write_scenes
 
     labels = write_scenes(out, per_class, seed, size)
     typer.echo(f"{per_class * len(CLASSES)} scenes in {out}; labels in {labels}")

@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from .errors import Llm2SearchError
+from ..errors import Llm2SearchError
 
 
 def eval_command(
@@ -28,10 +28,10 @@ def eval_command(
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
     """Text-to-image and image-to-text Recall@1/5/10, exact search beside the index."""
-    from .eval.datasets import load_dataset
-    from .eval.retrieval import INDEX_TYPES, EvalConfig, evaluate
-    from .models.embedder import Embedder
-    from .models.presets import resolve_model
+    from ..eval.datasets import load_dataset
+    from ..eval.retrieval import INDEX_TYPES, EvalConfig, evaluate
+    from ..models.embedder import Embedder
+    from ..models.presets import resolve_model
 
     try:
         if index_type not in INDEX_TYPES:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
-from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
@@ -17,11 +16,13 @@ import numpy as np
 
 from ..errors import InvalidQueryError
 from ..models.spec import identities_match
+from ..search.filters import SearchFilter
+from ..search.info import index_info
+from ..search.query import WeightedVector, caption_probabilities, combine, image_pixels
+from ..search.searcher import Hit, SearchIndex
 from ..store.manifest import manifest_path
-from .filters import SearchFilter
-from .info import index_info
-from .query import WeightedVector, caption_probabilities, combine, image_pixels
-from .searcher import Hit, SearchIndex
+from .batching import Batcher
+from .config import ServiceConfig
 from .thumbnails import thumbnail_jpeg, viewable
 
 THUMBNAIL_CACHE = 1024  # thumbnails kept in memory (about 10 kB each at 256 px)
@@ -30,69 +31,9 @@ MAX_IMAGE_BATCH = 16  # images per model call
 
 
 @dataclass(frozen=True)
-class ServiceConfig:
-    index_dir: Path
-    model: str | None = None  # only needed when the index's model moved
-    device: str | None = None  # torch device for the models: auto, cpu, cuda, ...
-    use_gpu: bool = True  # move shards to the GPU when faiss has GPU support and sees a GPU
-    max_pixels: int = 50_000_000  # largest uploaded image, in pixels
-    reload_seconds: float = 1.0  # how often the manifest is checked for a new index version
-    batching: bool = True  # embed requests that queue up together (False: one model call each)
-
-
-@dataclass(frozen=True)
 class QueryText:
     text: str
     weight: float = 1.0
-
-
-class Batcher:
-    """Runs `fn` on the inputs of all callers waiting for the model, in one call. No thread of its
-    own: the caller that gets the model lock embeds everything queued so far (up to `max_items`);
-    the others find their result ready when they get the lock."""
-
-    def __init__(self, fn: Any, model_lock: threading.Lock, max_items: int):
-        self._fn = fn
-        self._model_lock = model_lock
-        self._max = max_items
-        self._queue: list[tuple[Any, Future]] = []
-        self._queue_lock = threading.Lock()
-
-    def __call__(self, items: Any) -> np.ndarray:
-        done: Future = Future()
-        with self._queue_lock:
-            self._queue.append((items, done))
-        while not done.done():
-            with self._model_lock:
-                if done.done():
-                    break
-                with self._queue_lock:
-                    batch, size = [], 0
-                    while self._queue and (not batch or size + len(self._queue[0][0]) <= self._max):
-                        batch.append(self._queue.pop(0))
-                        size += len(batch[-1][0])
-                self._run(batch)
-        return done.result()
-
-    def _run(self, batch: list[tuple[Any, Future]]) -> None:
-        try:
-            joined = np.concatenate(list(items for items, _ in batch)) if len(batch) > 1 else batch[0][0]
-            out = self._fn(joined)
-        except Exception:  # noqa: BLE001 - one bad input must not fail the others: run them alone
-            if len(batch) == 1:
-                _, fut = batch[0]
-                try:
-                    fut.set_result(self._fn(batch[0][0]))
-                except Exception as e:  # noqa: BLE001
-                    fut.set_exception(e)
-                return
-            for one in batch:
-                self._run([one])
-            return
-        start = 0
-        for items, fut in batch:
-            fut.set_result(out[start:start + len(items)])
-            start += len(items)
 
 
 class SearchService:

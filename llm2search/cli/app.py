@@ -1,0 +1,39 @@
+"""The `llm2search` command: one typer app assembled from one module per command group. Heavy
+modules (torch, transformers, faiss) load inside commands, so `llm2search --help` stays instant."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from ..errors import Llm2SearchError
+from .demo import demo_app
+from .dev import dev_app
+from .eval import eval_command
+from .index import index
+from .info import info
+from .query import match, query
+from .serve import serve
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Find photos by what they show, from a sentence in English or Chinese.",
+)
+app.command()(index)
+app.command()(query)
+app.command()(serve)
+app.command()(match)
+app.command("eval")(eval_command)
+app.command()(info)
+app.add_typer(dev_app, name="dev")
+app.add_typer(demo_app, name="demo")
+
+
+def main() -> None:
+    try:
+        app()
+    except Llm2SearchError as e:  # pragma: no cover - commands catch their own
+        typer.echo(f"error: {e}", err=True)
+        sys.exit(1)

@@ -1,0 +1,65 @@
+"""What every command shares: the index and model options, one-line errors, JSON and path output."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, NoReturn, Optional
+
+import typer
+
+from ..errors import Llm2SearchError
+from ..paths import default_index_dir
+
+TOKEN_ENV = "LLM2SEARCH_TOKEN"
+INDEX_HELP = "Index directory (default: $LLM2SEARCH_HOME/index)."
+SERVER_HELP = "URL of a running `llm2search serve` (e.g. http://127.0.0.1:8000): no models load here."
+TOKEN_HELP = f"Bearer token of the server (default: ${TOKEN_ENV})."
+MODEL_HELP = "Model preset (default, llm2clip-openai-l14-224, llm2clip-openai-b16, demo) or a model directory."
+
+
+def index_option() -> Any:
+    return typer.Option(None, "--index", help=INDEX_HELP)
+
+
+def model_option(help: str = MODEL_HELP) -> Any:
+    return typer.Option(None, "--model", help=help)
+
+
+def index_dir(index: Optional[Path]) -> Path:
+    return index if index is not None else default_index_dir()
+
+
+def fail(e: Exception) -> NoReturn:
+    """Print an expected failure as one line on stderr and exit 1."""
+    typer.echo(f"error: {e}", err=True)
+    raise typer.Exit(1)
+
+
+def echo_json(obj: Any) -> None:
+    try:
+        text = json.dumps(obj, ensure_ascii=False, indent=2)
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # file names that are not UTF-8: keep them lossless as escapes
+        text = json.dumps(obj, ensure_ascii=True, indent=2)
+    typer.echo(text)
+
+
+def printable(path: str) -> str:
+    return path.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def human_bytes(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{size:.1f} {unit}" if unit != "B" else f"{int(size)} B"
+        size /= 1024
+    return f"{n} B"
+
+
+def read_file(path: Path) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as e:
+        raise Llm2SearchError(f"cannot read {path}: {e.strerror or e}") from e

@@ -1,0 +1,56 @@
+"""`llm2search index`: bring an index up to date with a folder of photos."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ..errors import Llm2SearchError
+from .common import echo_json, fail, index_dir, index_option, model_option
+
+
+def index(
+    path: Path = typer.Argument(..., help="Folder of photos (searched recursively) or one image."),
+    index: Optional[Path] = index_option(),
+    model: Optional[str] = model_option(),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Images per model batch (default: 32 on CPU, sized to GPU memory)."),
+    device: str = typer.Option("auto", "--device", help="auto (all GPUs, else CPU), cpu, cuda:1, cuda:0,cuda:1, ..."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Decode processes (0: in-process)."),
+    max_pixels: Optional[int] = typer.Option(None, "--max-pixels", min=1, help="Refuse images larger than this."),
+    retry_errors: bool = typer.Option(False, "--retry-errors", help="Retry files that failed before."),
+    shard_size: int = typer.Option(100_000, "--shard-size", min=1, help="Rows per shard before a new one starts."),
+    commit_seconds: float = typer.Option(60.0, "--commit-seconds", min=0, help="Commit finished work at least this often."),
+    retrain: bool = typer.Option(False, "--retrain", help="Retrain the IVF-PQ quantizer from stored vectors now."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
+    as_json: bool = typer.Option(False, "--json", help="Print the run summary as JSON."),
+) -> None:
+    """Index a folder of photos (new, changed and deleted files are picked up on a rerun)."""
+    from ..indexer.pipeline import IndexingConfig, index_folder
+    from ..models.preprocess import DEFAULT_MAX_PIXELS
+
+    config = IndexingConfig(
+        model=model, device=device, batch_size=batch_size, workers=workers,
+        max_pixels=max_pixels or DEFAULT_MAX_PIXELS, retry_errors=retry_errors,
+        shard_size=shard_size, commit_seconds=commit_seconds, retrain=retrain,
+        progress=not (quiet or as_json),
+    )
+    try:
+        report = index_folder(path, index_dir(index), config)
+    except Llm2SearchError as e:
+        fail(e)
+    if as_json:
+        echo_json(report.to_json())
+    elif not quiet:
+        typer.echo(
+            f"{report.live} photos in {report.index} ({report.index_type}); this run: "
+            f"{report.new} new, {report.changed} changed, {report.deleted} deleted, "
+            f"{report.unchanged} unchanged, {report.reused} reused, {report.failed} failed "
+            f"({report.known_bad} failed before), {report.embedded} embedded in {report.seconds:.1f}s "
+            f"({report.images_per_second:.1f} images/s)",
+            err=True,
+        )
+        if report.failed:
+            typer.echo("see the failures with `llm2search info --errors`", err=True)
+

@@ -1,0 +1,41 @@
+"""Configuration of the HTTP service: what it serves, how it binds, what one request may ask for."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    index_dir: Path
+    model: str | None = None  # only needed when the index's model moved
+    device: str | None = None  # torch device for the models: auto, cpu, cuda, ...
+    use_gpu: bool = True  # move shards to the GPU when faiss has GPU support and sees a GPU
+    max_pixels: int = 50_000_000  # largest uploaded image, in pixels
+    reload_seconds: float = 1.0  # how often the manifest is checked for a new index version
+    batching: bool = True  # embed requests that queue up together (False: one model call each)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may ask for; anything beyond gets a 4xx, never a slow or failed server."""
+
+    max_body: int = 32 << 20  # bytes of request body (uploads included)
+    max_k: int = 1000  # results per search
+    max_text: int = 2000  # characters per text
+    max_texts: int = 64  # texts per embed call, captions per match
+    max_negatives: int = 16
+    max_vectors: int = 1000  # query vectors per batch vector search
+    thumbnail_sizes: tuple[int, int] = (32, 1024)  # smallest and largest thumbnail side
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    service: ServiceConfig
+    host: str = "127.0.0.1"
+    port: int = 8000
+    token: str | None = None  # bearer token; required when host is not a loopback address
+    limits: Limits = field(default_factory=Limits)
+    warm: bool = True  # load and run the models before accepting requests
+

@@ -1,0 +1,162 @@
+"""Request and response schemas of the HTTP API; the OpenAPI spec is built from these."""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, field_validator
+
+from ..search.filters import SearchFilter
+from .config import Limits
+
+
+class FilterIn(BaseModel):
+    """Restricts and orders results. Dates: 'YYYY-MM-DD', ISO date-time (UTC if no zone) or epoch seconds."""
+
+    model_config = ConfigDict(extra="forbid")
+    folder: Optional[str] = Field(None, max_length=4096, description="absolute folder: it and everything below")
+    path_prefix: Optional[str] = Field(None, max_length=4096, description="raw prefix of the absolute path")
+    after: Optional[StrictInt | str] = Field(None, description="taken on or after (EXIF time, else mtime)")
+    before: Optional[StrictInt | str] = Field(None, description="taken before")
+    types: Optional[list[str]] = Field(None, max_length=16, description="file types, e.g. ['jpg', 'png', 'heic']")
+    min_width: Optional[StrictInt] = Field(None, ge=0)
+    min_height: Optional[StrictInt] = Field(None, ge=0)
+    min_score: Optional[StrictFloat | StrictInt] = Field(None, ge=-1, le=1)
+    sort: Literal["score", "date", "date_asc"] = "score"
+
+    def to_filter(self) -> SearchFilter:
+        return SearchFilter.from_json(self.model_dump(exclude_none=True))
+
+
+def _check_texts(texts: list[str], what: str) -> list[str]:
+    for t in texts:
+        _not_blank(t)
+        if len(t) > Limits.max_text:
+            raise ValueError(f"{what} is longer than {Limits.max_text} characters")
+    return texts
+
+
+def _not_blank(v: str) -> str:
+    if not v.strip():
+        raise ValueError("text is empty")
+    return v
+
+
+class TextSearchIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    text: str = Field(..., min_length=1, max_length=Limits.max_text, examples=["一群人在徒步"])
+    k: StrictInt = Field(20, ge=1, le=Limits.max_k)
+    filter: Optional[FilterIn] = None
+
+    @field_validator("text")
+    @classmethod
+    def _text(cls, v: str) -> str:
+        return _not_blank(v)
+
+
+class SimilarIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    id: str = Field(..., min_length=1, max_length=200, description="an item id from a hit")
+    k: StrictInt = Field(20, ge=1, le=Limits.max_k)
+    filter: Optional[FilterIn] = None
+    exclude_self: bool = True
+
+
+class QueryIn(BaseModel):
+    """A combined query: weighted sum of the parts' unit vectors minus the negative texts."""
+
+    model_config = ConfigDict(extra="forbid")
+    text: Optional[str] = Field(None, min_length=1, max_length=Limits.max_text)
+    text_weight: StrictFloat | StrictInt = Field(1.0, ge=-10, le=10)
+    image: Optional[str] = Field(None, description="base64 of an image file (JPEG, PNG, WebP, HEIC, ...)")
+    image_weight: StrictFloat | StrictInt = Field(1.0, ge=-10, le=10)
+    item_id: Optional[str] = Field(None, max_length=200, description="an indexed item as a further image")
+    item_weight: StrictFloat | StrictInt = Field(1.0, ge=-10, le=10)
+    negative: list[str] = Field(default_factory=list, max_length=Limits.max_negatives)
+    negative_weight: StrictFloat | StrictInt = Field(0.5, ge=0, le=10)
+    k: StrictInt = Field(20, ge=1, le=Limits.max_k)
+    filter: Optional[FilterIn] = None
+
+    @field_validator("text")
+    @classmethod
+    def _text(cls, v: Optional[str]) -> Optional[str]:
+        return None if v is None else _not_blank(v)
+
+    @field_validator("negative")
+    @classmethod
+    def _negative(cls, v: list[str]) -> list[str]:
+        return _check_texts(v, "a negative text")
+
+
+class VectorSearchIn(BaseModel):
+    """Nearest items to each of your own unit vectors of the index's model (from /api/embed/*
+    or the same model elsewhere), searched as one batch."""
+
+    model_config = ConfigDict(extra="forbid")
+    vectors: list[list[StrictFloat | StrictInt]] = Field(..., min_length=1, max_length=Limits.max_vectors)
+    k: StrictInt = Field(20, ge=1, le=Limits.max_k)
+    filter: Optional[FilterIn] = None
+
+
+class EmbedTextIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    texts: list[str] = Field(..., min_length=1, max_length=Limits.max_texts)
+
+    @field_validator("texts")
+    @classmethod
+    def _texts(cls, v: list[str]) -> list[str]:
+        return _check_texts(v, "a text")
+
+
+class HitOut(BaseModel):
+    id: str
+    rank: int
+    score: float
+    path: str
+    size: int
+    mtime_ns: int
+    width: int
+    height: int
+    format: str
+    exif_time: Optional[int]
+    taken: int
+    content_hash: str
+    shard: str
+    row: int
+    thumbnail: str
+    image: str
+
+
+class SearchOut(BaseModel):
+    hits: list[HitOut]
+    count: int
+    k: int
+    took_ms: float
+
+
+class VectorSearchOut(BaseModel):
+    results: list[SearchOut]
+    k: int
+    took_ms: float
+
+
+class EmbedOut(BaseModel):
+    model: str
+    dim: int
+    vectors: list[list[float]]
+
+
+class MatchOut(BaseModel):
+    matches: list[dict[str, Any]] = Field(..., examples=[[{"caption": "a dog", "probability": 0.97, "cosine": 0.31}]])
+
+
+class ErrorOut(BaseModel):
+    error: str
+    status: int
+
+
+ERRORS = {code: {"model": ErrorOut} for code in (401, 404, 413, 415, 422)}
+
+
+def to_filter(f: Optional[FilterIn]) -> SearchFilter:
+    return f.to_filter() if f is not None else SearchFilter()
