@@ -38,9 +38,12 @@ class ImageEncoder:
         except torch.cuda.OutOfMemoryError:
             if len(pixels) <= 1:
                 raise
-            torch.cuda.empty_cache()
-            half = len(pixels) // 2
-            return np.concatenate([self.encode(pixels[:half]), self.encode(pixels[half:])])
+        # Retried here, not inside the except block: there the exception's traceback still holds
+        # the failed call's frames, and with them its GPU tensors, so the halves would run with
+        # that memory still taken (and fail again).
+        torch.cuda.empty_cache()
+        half = len(pixels) // 2
+        return np.concatenate([self.encode(pixels[:half]), self.encode(pixels[half:])])
 
     def _encode(self, pixels: np.ndarray) -> np.ndarray:
         import torch

@@ -45,14 +45,29 @@ class TextEncoder:
         import torch
 
         cleaned = [self.clean(t) for t in texts]
-        llm = self.l2v.encode(
-            cleaned,
-            batch_size=self.batch_size,
-            show_progress_bar=False,
-            convert_to_tensor=True,
-            device=self.device,
-        )
         with torch.inference_mode():
-            features = self.clip_model.get_text_features(llm.to(self.device, self._adapter_dtype)).float()
+            llm = self._pooled(cleaned)
+            features = self.clip_model.get_text_features(llm.to(self._adapter_dtype)).float()
             features = torch.nn.functional.normalize(features, dim=-1)
         return features.cpu().numpy()
+
+    def _pooled(self, texts: list[str]) -> Any:
+        """llm2vec's mean-pooled LLM vectors, on this encoder's device, in input order.
+
+        What `LLM2Vec.encode` does on one device (instruction-less text, batches of similar
+        length), never its other branch: when it sees more than one GPU it ignores `device=`,
+        starts a process pool per call and pickles the whole model for every batch."""
+        import torch
+
+        l2v = self.l2v
+        marked = [l2v._convert_to_str("", t) for t in texts]
+        order = np.argsort([-len(t) for t in marked], kind="stable")  # less padding per batch
+        parts = []
+        for start in range(0, len(order), self.batch_size):
+            batch = [l2v.prepare_for_tokenization(marked[i]) for i in order[start:start + self.batch_size]]
+            features = {k: v.to(self.device) if isinstance(v, torch.Tensor) else v
+                        for k, v in l2v.tokenize(batch).items()}
+            parts.append(l2v.forward(features))
+        pooled = torch.cat(parts)
+        back = torch.from_numpy(np.argsort(order)).to(pooled.device)
+        return pooled.index_select(0, back)
