@@ -37,3 +37,19 @@ class IndexLockedError(Llm2SearchError):
 
 class ItemNotFoundError(InvalidQueryError):
     """An item id that names no live item of the index."""
+
+
+class IndexClosedError(Llm2SearchError):
+    """A SearchIndex used after `close()`."""
+
+
+class IndexWriteError(Llm2SearchError):
+    """The index cannot be written (read-only, disk full, not a directory, ...)."""
+
+
+class ShardCorruptError(IndexCorruptError):
+    """A shard's files do not match the sizes or checksums its manifest records."""
+
+    def __init__(self, message: str, shard: str):
+        super().__init__(message)
+        self.shard = shard

@@ -17,7 +17,7 @@ from llm2search.models.preprocess import decode_image
 from llm2search.models.presets import resolve_model
 from llm2search.search.filters import SearchFilter
 from llm2search.search.searcher import SearchIndex
-from llm2search.store.manifest import read_manifest
+from llm2search.store.manifest import commit_manifest, read_manifest
 from llm2search.store.shard import META_SCHEMA, ShardData
 from llm2search.store.vector_index import IndexConfig
 from llm2search.store.writer import IndexWriter
@@ -154,6 +154,9 @@ def test_shards_share_one_copy_of_the_coarse_centroids(tmp_path: Path) -> None:
     ivf.own_fields = False
     ivf.quantizer = faiss.extract_index_ivf(trained).quantizer
     faiss.write_index(whole, str(first))
+    # ... and named by a manifest of that time, which recorded no sizes.
+    old = replace(manifest.shards[0], sizes={})
+    commit_manifest(tmp_path, replace(manifest, shards=(old, *manifest.shards[1:])))
     searcher = SearchIndex(tmp_path, config=config, use_gpu=False)
     assert searcher.shards[0].ivf.quantizer.ntotal == nlist
     assert [[h.id for h in hits] for hits in searcher.search_vectors(queries, k=5)] == before

@@ -3,21 +3,25 @@ float16 vectors, merged into one top-k, joined with Parquet metadata."""
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
+import weakref
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import numpy as np
 import pyarrow as pa
 
-from ..errors import IndexCorruptError, InvalidQueryError, ItemNotFoundError
+from ..errors import IndexClosedError, IndexCorruptError, InvalidQueryError, ItemNotFoundError
 from .filters import SearchFilter, order_hits
 from ..models.presets import spec_for_index
 from ..store.manifest import Manifest, ShardInfo, read_manifest
+from ..store.readers import Lease, pin, same_version
+from ..store.verify import check_sizes
 from ..store.shard import open_shard_index, open_shard_vectors, read_shard_meta, read_tombstones
 from ..store.vector_index import IndexConfig, coarse_quantizer, read_index, set_nprobe, to_gpu_if_available
 
@@ -33,6 +37,7 @@ RERANK_CHUNK_ROWS = 512  # float16 rows gathered and decoded per step of the exa
 # encoder, torch's OpenMP threads still spin and an OpenMP decode waits for them (bench/query.py
 # times both).
 NUMPY_DECODE_MAX_ROWS = 1024
+T = TypeVar("T")
 ALLOWED_CACHE = 32  # row selections kept per shard (the web page repeats the same filter)
 
 
@@ -73,6 +78,11 @@ class _OpenShard:
         index = open_shard_index(index_dir, info, coarse_quantizer(trained) if trained is not None else None)
         self.index = to_gpu_if_available(index) if use_gpu else index
         self.vectors = open_shard_vectors(index_dir, info)
+        if self.vectors.shape[0] != info.count or self.vectors.dtype != np.float16:
+            raise ValueError(f"shard {info.name}: vectors.npy holds {self.vectors.dtype} {self.vectors.shape} "
+                             f"for {info.count} rows")
+        if self.index.ntotal != info.count:
+            raise ValueError(f"shard {info.name}: index.faiss holds {self.index.ntotal} vectors for {info.count} rows")
         self.dead = np.zeros(info.count, dtype=bool)
         self.dead[read_tombstones(index_dir, info)] = True
         self.ivf = _cpu_ivf(self.index)  # None for Flat and for shards moved to a GPU
@@ -85,7 +95,19 @@ class _OpenShard:
         if self._meta is None:
             # One chunk per column: take() on a multi-chunk table (one chunk per Parquet row
             # group) concatenates the chunks on every call, 4 ms per query at 500k rows.
-            self._meta = read_shard_meta(self._dir, self.info).combine_chunks()
+            try:
+                meta = read_shard_meta(self._dir, self.info).combine_chunks()
+            except FileNotFoundError:
+                raise
+            except (pa.ArrowException, OSError) as e:
+                raise IndexCorruptError(
+                    f"the metadata of shard {self.info.name} cannot be read ({_first_line(e)}); run "
+                    f"`llm2search verify --index {self._dir} --repair` to drop it") from e
+            if meta.num_rows != self.info.count:
+                raise IndexCorruptError(
+                    f"shard {self.info.name} has {meta.num_rows} metadata rows for {self.info.count} "
+                    f"vectors; run `llm2search verify --index {self._dir} --repair` to drop it")
+            self._meta = meta
         return self._meta
 
     def allowed(self, flt: SearchFilter) -> tuple[np.ndarray, np.ndarray]:
@@ -162,46 +184,124 @@ class _OpenShard:
         return r
 
 
+def _pinned(method: Callable[..., T]) -> Callable[..., T]:
+    """A public read of a SearchIndex: refused once closed; and where the version's files
+    vanished under a reader that holds no lease, answered again from the newest version."""
+
+    @functools.wraps(method)
+    def answer(self: "SearchIndex", *args: Any, **kwargs: Any) -> T:
+        self._check_open()
+        try:
+            return method(self, *args, **kwargs)
+        except FileNotFoundError as e:
+            if self._lease is not None and self._lease.held:
+                raise IndexCorruptError(
+                    f"{e.filename or e} is missing from the index at {self.dir} although this "
+                    f"reader holds a lease on it; run `llm2search verify --index {self.dir}`") from e
+            self.refresh()
+            return method(self, *args, **kwargs)
+
+    return answer
+
+
 class SearchIndex:
-    """A read-only view of one committed version of an index."""
+    """A read-only view of one committed version of an index. It pins that version (a reader
+    lease, store/readers.py): writers may commit, compact, retrain and collect garbage meanwhile,
+    and it keeps answering from its own version until `refresh` or `close`. Use it as a context
+    manager, or call `close`, to let the writer delete files only this version still uses."""
 
     def __init__(self, index_dir: str | Path, model: str | None = None, device: str | None = None,
                  config: IndexConfig = IndexConfig(), embedder: Any = None, use_gpu: bool = True):
         self.dir = Path(index_dir)
         self.config = config
-        self.manifest: Manifest = read_manifest(self.dir)
         self._model_override = model
         self._device = device
         self._embedder = embedder
-        self._trained: Any = None
-        self._quantizer: Any = None
-        self.shards = self._open_shards(use_gpu)
+        self._use_gpu = use_gpu
+        self._lease: Lease | None = None
+        self._release = None  # releases the lease when this object is garbage-collected
+        self._open_version()
         self._fp16 = _fp16_decoder(self.manifest.dim)
-        self._by_name = {s.info.name: i for i, s in enumerate(self.shards)}
 
-    def _open_shards(self, use_gpu: bool) -> list[_OpenShard]:
-        for attempt in range(3):  # a writer may garbage-collect between manifest read and open
+    def _open_version(self) -> None:
+        """Pin the newest version and open its shards. A reader without a lease (the index
+        directory is read-only to it) can see a version's files deleted by a writer elsewhere
+        between reading the manifest and opening them: then it pins the newer version."""
+        for attempt in range(3):
+            lease = pin(self.dir)
             try:
+                check_sizes(self.dir, lease.manifest)
+                self.manifest: Manifest = lease.manifest
                 self._trained = self._read_trained()
                 self._quantizer = coarse_quantizer(self._trained) if self._trained is not None else None
-                shards = [_OpenShard(self.dir, s, use_gpu, self._trained) for s in self.manifest.shards]
-            except (FileNotFoundError, RuntimeError) as e:
-                if attempt == 2:
-                    raise IndexCorruptError(f"shard files of {self.dir} are missing: {e}") from e
-                self.manifest = read_manifest(self.dir)
+                self.shards = [_OpenShard(self.dir, s, self._use_gpu, self._trained) for s in self.manifest.shards]
+            except FileNotFoundError as e:
+                lease.close()
+                if attempt == 2 or lease.held:
+                    raise IndexCorruptError(
+                        f"{e.filename or e} is missing from the index at {self.dir}; run "
+                        f"`llm2search verify --index {self.dir}` to see what else is, and "
+                        "`--repair` to drop what cannot be read") from e
                 continue
-            except ValueError as e:
-                raise IndexCorruptError(f"{self.dir} is inconsistent: {e}") from e
-            for s in shards:
+            except (RuntimeError, ValueError, OSError) as e:
+                lease.close()
+                raise IndexCorruptError(
+                    f"the index at {self.dir} cannot be read ({_first_line(e)}); run "
+                    f"`llm2search verify --index {self.dir}` and `--repair` to drop what is damaged") from e
+            except BaseException:
+                lease.close()
+                raise
+            for s in self.shards:
                 set_nprobe(s.index, self.config.nprobe)
-            return shards
-        return []
+            self._by_name = {s.info.name: i for i, s in enumerate(self.shards)}
+            self._lease = lease
+            self._release = weakref.finalize(self, lease.close)
+            return
 
     def _read_trained(self) -> Any | None:
         """The trained IVF-PQ template, whose coarse centroids every IVF-PQ shard shares."""
         if self.manifest.index_type != "ivfpq" or not self.manifest.trained:
             return None
         return read_index(self.dir / self.manifest.trained["file"], mmap=False)
+
+    @property
+    def generation(self) -> int:
+        """The manifest generation this reader answers from."""
+        return self.manifest.generation
+
+    def refresh(self) -> bool:
+        """Move to the newest committed version if there is one (True when it moved), releasing
+        the old version's files. Not meant to run while another thread searches this object:
+        the server opens a new SearchIndex per version instead."""
+        self._check_open()
+        if same_version(read_manifest(self.dir), self.manifest):
+            return False
+        old = self._release
+        self._open_version()
+        if old is not None:
+            old()
+        return True
+
+    def close(self) -> None:
+        """Release this version's files (idempotent). Searching a closed index is an error."""
+        if self._release is not None:
+            self._release()
+        self._lease = None
+        self.shards = []
+
+    @property
+    def closed(self) -> bool:
+        return self._lease is None
+
+    def __enter__(self) -> "SearchIndex":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _check_open(self) -> None:
+        if self._lease is None:
+            raise IndexClosedError(f"this SearchIndex of {self.dir} was closed; open the index again")
 
     @property
     def embedder(self) -> Any:
@@ -229,6 +329,7 @@ class SearchIndex:
         rows `filter` allows; they are the k best by score, in the filter's sort order."""
         return self.search_vectors(np.asarray(vector).reshape(1, -1), k, filter)[0]
 
+    @_pinned
     def search_vectors(self, vectors: np.ndarray, k: int = 10,
                        filter: SearchFilter | None = None) -> list[list[Hit]]:
         """search_vector for many queries at once (an (n, dim) array): one coarse search, one
@@ -316,6 +417,11 @@ class SearchIndex:
         else:
             for task in tasks:
                 score(task, False)
+        bad = ~np.isfinite(scores) & (rows >= 0)
+        if bad.any():  # a damaged vector file: those rows are left out, never served as NaN
+            rows[bad] = -1
+            scores[bad] = -np.inf
+            _warn_damaged(self.dir, {self.shards[int(o)].info.name for o in owners[bad]})
         return scores
 
     def _search_filtered(self, q: np.ndarray, k: int, flt: SearchFilter) -> list[Hit]:
@@ -392,6 +498,7 @@ class SearchIndex:
             raise ItemNotFoundError(f"no item {item_id!r} in this index (deleted or out of range)")
         return owner, row
 
+    @_pinned
     def item(self, item_id: str) -> dict[str, Any]:
         """Metadata of one indexed item by the id a Hit carries."""
         owner, row = self._locate(item_id)
@@ -400,6 +507,7 @@ class SearchIndex:
         del data["rank"], data["score"]
         return data
 
+    @_pinned
     def file_path(self, item_id: str) -> str:
         """The name to open an item's file with (exact bytes when the name is not UTF-8)."""
         from ..store.pathnames import from_stored
@@ -408,11 +516,13 @@ class SearchIndex:
         m = self.shards[owner].meta().slice(row, 1).to_pylist()[0]
         return from_stored(m["path"], m.get("path_bytes"))
 
+    @_pinned
     def vector_by_id(self, item_id: str) -> np.ndarray:
         """The stored unit vector of an item (for "more like this")."""
         owner, row = self._locate(item_id)
         return np.asarray(self.shards[owner].vectors[row], dtype=np.float32)
 
+    @_pinned
     def vector_of(self, path: str) -> np.ndarray:
         """The stored vector of an indexed file (for "more like this"), by its stored path."""
         import pyarrow.compute as pc
@@ -424,6 +534,19 @@ class SearchIndex:
             if len(live):
                 return np.asarray(shard.vectors[live[0]], dtype=np.float32)
         raise InvalidQueryError(f"{path} is not in this index")
+
+
+def _warn_damaged(index_dir: Path, shards: set[str]) -> None:
+    import warnings
+
+    warnings.warn(f"shard(s) {', '.join(sorted(shards))} of {index_dir} hold vectors that are not finite; "
+                  f"their rows are left out of results. Run `llm2search verify --index {index_dir} --repair`",
+                  RuntimeWarning, stacklevel=3)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
 
 
 _POOL: ThreadPoolExecutor | None = None
@@ -456,7 +579,8 @@ def _cpu_ivf(index: Any) -> Any:
 
 
 def open_index(index_dir: str | Path, model: str | None = None, device: str | None = None) -> SearchIndex:
-    """Open the committed index at `index_dir` for searching (memory-mapped; instant)."""
+    """Open the committed index at `index_dir` for searching (memory-mapped; instant). The
+    version opened stays readable until the index is closed (`with open_index(...) as index`)."""
     return SearchIndex(index_dir, model=model, device=device)
 
 

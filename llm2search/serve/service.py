@@ -1,16 +1,18 @@
 """What the HTTP server serves, without HTTP: one open index with its models kept hot. Model calls
 are serialised by a lock (a torch model is not re-entrant), and requests that arrive while the
 model is busy are embedded together in the next batch; vector search runs concurrently. A new
-index version (another process ran `llm2search index`) is picked up on the next request."""
+index version (another process ran `llm2search index`) is picked up on the next request; each
+request answers from the version it started on, which stays open until its last request ends."""
 
 from __future__ import annotations
 
 import threading
 import time
 from collections import OrderedDict
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -30,6 +32,15 @@ MAX_TEXT_BATCH = 64  # texts per model call when requests queue up
 MAX_IMAGE_BATCH = 16  # images per model call
 
 
+@dataclass
+class _Version:
+    """One open index version and the requests using it."""
+
+    index: SearchIndex
+    users: int = 0
+    retired: bool = False  # a newer version is current; close this one when users reach 0
+
+
 @dataclass(frozen=True)
 class QueryText:
     text: str
@@ -46,8 +57,8 @@ class SearchService:
         self._embed_pixels = Batcher(lambda pixels: self.index.embedder.embed_pixels(pixels),
                                      self._model_lock, 1 if one else MAX_IMAGE_BATCH)
         self._reload_lock = threading.Lock()
-        self._index = self._open(embedder=None)
         self._stamp = _stamp(config.index_dir)
+        self._current = _Version(self._open(embedder=None))
         self._checked = time.monotonic()
         self._thumbs: OrderedDict[tuple[str, int, int], bytes] = OrderedDict()
         self._thumbs_lock = threading.Lock()
@@ -59,19 +70,48 @@ class SearchService:
 
     @property
     def index(self) -> SearchIndex:
-        now = time.monotonic()
-        if now - self._checked >= self.config.reload_seconds:
+        """The newest version (for its model and counts; searches pin a version with _use)."""
+        self._maybe_reload()
+        return self._current.index
+
+    @contextmanager
+    def _use(self) -> Iterator[SearchIndex]:
+        """The newest version, held for one request: a version replaced meanwhile is closed
+        (its reader lease released, so the writer may delete its files) when its last request
+        ends."""
+        self._maybe_reload()
+        with self._reload_lock:
+            version = self._current
+            version.users += 1
+        try:
+            yield version.index
+        finally:
             with self._reload_lock:
-                if now - self._checked >= self.config.reload_seconds:
-                    self._checked = now
-                    stamp = _stamp(self.config.index_dir)
-                    if stamp != self._stamp:
-                        old = self._index
-                        fresh = self._open(embedder=None)
-                        if identities_match(old.manifest.model, fresh.manifest.model):
-                            fresh._embedder = old._embedder  # same weights: keep the hot model
-                        self._index, self._stamp = fresh, stamp
-        return self._index
+                version.users -= 1
+                done = version.retired and version.users == 0
+            if done:
+                version.index.close()
+
+    def _maybe_reload(self) -> None:
+        now = time.monotonic()
+        if now - self._checked < self.config.reload_seconds:
+            return
+        with self._reload_lock:
+            if now - self._checked < self.config.reload_seconds:
+                return
+            self._checked = now
+            stamp = _stamp(self.config.index_dir)
+            if stamp == self._stamp:
+                return
+            old = self._current
+            fresh = self._open(embedder=None)
+            if identities_match(old.index.manifest.model, fresh.manifest.model):
+                fresh._embedder = old.index._embedder  # same weights: keep the hot model
+            self._current, self._stamp = _Version(fresh), stamp
+            old.retired = True
+            done = old.users == 0
+        if done:
+            old.index.close()
 
     def warm(self) -> None:
         """Load both towers and run each once, so the first request pays no load time."""
@@ -92,7 +132,9 @@ class SearchService:
 
     # -- searches ------------------------------------------------------------------------
     def search_text(self, text: str, k: int, flt: SearchFilter) -> list[Hit]:
-        return self.index.search_vector(self.embed_texts([text])[0], k, flt)
+        vector = self.embed_texts([text])[0]
+        with self._use() as index:
+            return index.search_vector(vector, k, flt)
 
     def search_vectors(self, vectors: Sequence[Sequence[float]], k: int, flt: SearchFilter) -> list[list[Hit]]:
         """One batch search for many query vectors (SearchIndex.search_vectors checks them)."""
@@ -100,17 +142,20 @@ class SearchService:
             matrix = np.asarray(vectors, dtype=np.float32)
         except ValueError as e:  # ragged rows
             raise InvalidQueryError("the query vectors must all have the same length") from e
-        return self.index.search_vectors(matrix, k, flt)
+        with self._use() as index:
+            return index.search_vectors(matrix, k, flt)
 
     def search_image(self, data: bytes, k: int, flt: SearchFilter) -> list[Hit]:
-        return self.index.search_vector(self.embed_image(data), k, flt)
+        vector = self.embed_image(data)
+        with self._use() as index:
+            return index.search_vector(vector, k, flt)
 
     def similar(self, item_id: str, k: int, flt: SearchFilter, exclude_self: bool = True) -> list[Hit]:
-        index = self.index
-        vector = index.vector_by_id(item_id)
-        if not exclude_self:
-            return index.search_vector(vector, k, flt)
-        hits = [h for h in index.search_vector(vector, min(k + 1, 10_000), flt) if h.id != item_id][:k]
+        with self._use() as index:
+            vector = index.vector_by_id(item_id)
+            if not exclude_self:
+                return index.search_vector(vector, k, flt)
+            hits = [h for h in index.search_vector(vector, min(k + 1, 10_000), flt) if h.id != item_id][:k]
         return [replace(h, rank=i) for i, h in enumerate(hits, start=1)]
 
     def combined(self, texts: Sequence[QueryText], images: Sequence[tuple[bytes, float]],
@@ -124,11 +169,11 @@ class SearchService:
             weights = [t.weight for t in texts] + [-abs(negative_weight)] * len(negatives)
             parts += [WeightedVector(v, w) for v, w in zip(vectors, weights)]
         parts += [WeightedVector(self.embed_image(data), w) for data, w in images]
-        index = self.index
-        parts += [WeightedVector(index.vector_by_id(i), w) for i, w in items]
-        if not any(p.weight > 0 for p in parts):
-            raise InvalidQueryError("the query needs at least one text, image or item with a positive weight")
-        return index.search_vector(combine(parts), k, flt)
+        with self._use() as index:
+            parts += [WeightedVector(index.vector_by_id(i), w) for i, w in items]
+            if not any(p.weight > 0 for p in parts):
+                raise InvalidQueryError("the query needs at least one text, image or item with a positive weight")
+            return index.search_vector(combine(parts), k, flt)
 
     def match(self, captions: Sequence[str], image: bytes | None = None,
               item_id: str | None = None) -> list[dict[str, Any]]:
@@ -140,24 +185,27 @@ class SearchService:
         if image is not None:
             vector = self.embed_image(image)
         else:
-            vector = self.index.vector_by_id(str(item_id))
+            with self._use() as index:
+                vector = index.vector_by_id(str(item_id))
         probs, cos = caption_probabilities(vector, self.embed_texts(captions))
         return [{"caption": c, "probability": float(p), "cosine": float(s)}
                 for c, p, s in zip(captions, probs, cos)]
 
     # -- items ---------------------------------------------------------------------------
     def item(self, item_id: str) -> dict[str, Any]:
-        return self.index.item(item_id)
+        with self._use() as index:
+            return index.item(item_id)
 
     def thumbnail(self, item_id: str, size: int) -> bytes:
-        index = self.index
-        meta = index.item(item_id)
+        with self._use() as index:
+            meta = index.item(item_id)
+            path = index.file_path(item_id)
         key = (item_id, size, int(meta["mtime_ns"]))
         with self._thumbs_lock:
             if key in self._thumbs:
                 self._thumbs.move_to_end(key)
                 return self._thumbs[key]
-        data = thumbnail_jpeg(index.file_path(item_id), size)
+        data = thumbnail_jpeg(path, size)
         with self._thumbs_lock:
             self._thumbs[key] = data
             while len(self._thumbs) > THUMBNAIL_CACHE:
@@ -165,12 +213,13 @@ class SearchService:
         return data
 
     def full_image(self, item_id: str) -> tuple[bytes | Path, str]:
-        index = self.index
-        return viewable(index.file_path(item_id), index.item(item_id)["format"])
+        with self._use() as index:
+            path, fmt = index.file_path(item_id), index.item(item_id)["format"]
+        return viewable(path, fmt)
 
     def info(self) -> dict[str, Any]:
-        index = self.index
-        data = index_info(index.dir)
+        with self._use() as index:
+            data = index_info(index.dir)
         data["max_pixels"] = self.config.max_pixels
         return data
 

@@ -8,7 +8,7 @@ import hashlib
 import os
 import shutil
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -64,14 +64,15 @@ def write_shard(index_dir: Path, name: str, data: ShardData, trained: Any | None
     # The index is built from the stored float16 values so re-rank and index agree exactly.
     write_shard_index(build_shard_index(vectors16, trained), tmp / INDEX_FILE)
     pq.write_table(data.meta.cast(META_SCHEMA), tmp / META_FILE, compression="zstd")
-    files = {}
+    files, sizes = {}, {}
     for f in (INDEX_FILE, META_FILE, VECTORS_FILE):
         fsync_file(tmp / f)
         files[f] = sha256_file(tmp / f)
+        sizes[f] = (tmp / f).stat().st_size
     fsync_dir(tmp)
     os.replace(tmp, final)
     fsync_dir(shards)
-    return ShardInfo(name=name, count=len(vectors16), files=files)
+    return ShardInfo(name=name, count=len(vectors16), files=files, sizes=sizes)
 
 
 def reindex_shard(index_dir: Path, old: ShardInfo, new_name: str, trained: Any | None) -> ShardInfo:
@@ -88,12 +89,14 @@ def reindex_shard(index_dir: Path, old: ShardInfo, new_name: str, trained: Any |
     write_shard_index(build_shard_index(vectors, trained), tmp / INDEX_FILE)
     fsync_file(tmp / INDEX_FILE)
     files = dict(old.files, **{INDEX_FILE: sha256_file(tmp / INDEX_FILE)})
+    sizes = {f: (tmp / f).stat().st_size for f in (INDEX_FILE, META_FILE, VECTORS_FILE)}
     if old.tombstones:
         _link_or_copy(src / old.tombstones, tmp / old.tombstones)
+        sizes[old.tombstones] = (tmp / old.tombstones).stat().st_size
     fsync_dir(tmp)
     os.replace(tmp, shards / new_name)
     fsync_dir(shards)
-    return ShardInfo(new_name, old.count, files, old.tombstones, old.deleted)
+    return replace(old, name=new_name, files=files, sizes=sizes)
 
 
 def write_tombstones(index_dir: Path, shard: ShardInfo, rows: np.ndarray) -> ShardInfo:
@@ -104,13 +107,20 @@ def write_tombstones(index_dir: Path, shard: ShardInfo, rows: np.ndarray) -> Sha
     path = shard_dir(index_dir, shard.name) / name
     if not path.exists():
         write_atomic(path, lambda tmp: _save_npy(tmp, all_rows))
-    return ShardInfo(shard.name, shard.count, shard.files, name, int(len(all_rows)))
+    sizes = {f: n for f, n in shard.sizes.items() if f in shard.files}
+    sizes[name] = path.stat().st_size
+    return replace(shard, tombstones=name, deleted=int(len(all_rows)), sizes=sizes,
+                   tombstones_sha256=sha256_file(path))
 
 
 def read_tombstones(index_dir: Path, shard: ShardInfo) -> np.ndarray:
+    """Deleted row ids of `shard`; ValueError when the file does not hold them."""
     if not shard.tombstones:
         return np.empty(0, dtype=np.int64)
-    return np.load(shard_dir(index_dir, shard.name) / shard.tombstones)
+    rows = np.load(shard_dir(index_dir, shard.name) / shard.tombstones, allow_pickle=False)
+    if rows.ndim != 1 or rows.dtype.kind not in "iu" or (len(rows) and (rows.min() < 0 or rows.max() >= shard.count)):
+        raise ValueError(f"tombstones of shard {shard.name} are not row numbers of the shard")
+    return rows.astype(np.int64, copy=False)
 
 
 def shard_dir(index_dir: Path, name: str) -> Path:

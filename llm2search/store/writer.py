@@ -13,11 +13,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..errors import IndexLockedError, ModelMismatchError
+from ..errors import IndexCorruptError, IndexLockedError, ModelMismatchError, ShardCorruptError
 from ..models.spec import identities_match
 from .atomic import write_atomic
+from .readers import live_pins
+from .verify import require_intact
 from .manifest import (
-    ERRORS, SHARDS, TRAINED, TRAINED_PREFIX, Manifest, ShardInfo, commit_manifest, index_exists, read_manifest,
+    ERRORS, ERRORS_PREFIX, SHARDS, TRAINED, TRAINED_PREFIX, Manifest, ShardInfo, commit_manifest, index_exists, read_manifest,
 )
 from .shard import (
     ShardData, new_shard_name, open_shard_vectors, read_shard_meta, read_tombstones, reindex_shard,
@@ -78,6 +80,8 @@ class IndexWriter:
         else:
             self.manifest = commit_manifest(self.dir, Manifest(model=model_identity, dim=dim))
         self._trained: Any | None = None
+        self._intact: set[str] = set()  # shards checked (or written) by this writer
+        self.warnings: list[str] = []  # what the run should tell the user (damaged shards left alone)
         self._seq = 1 + max((int(s.name.split("-")[0]) for s in self.manifest.shards), default=0)
         collect_garbage(self.dir, self.manifest)
 
@@ -105,14 +109,14 @@ class IndexWriter:
             ]
         crash_point("after_tombstones")
         if new_shard is not None and len(new_shard.vectors):
-            shards.append(write_shard(self.dir, self._next_name(), new_shard, self._trained_index()))
+            shards.append(self._written(write_shard(self.dir, self._next_name(), new_shard, self._trained_index())))
         crash_point("after_shard")
-        errors_file = self.manifest.errors_file
+        errors_fields = {}
         if errors is not None:
-            errors_file = self._write_errors(errors)
+            errors_fields = self._write_errors(errors)
         crash_point("before_manifest")
         self.manifest = commit_manifest(
-            self.dir, replace(self.manifest, shards=tuple(shards), errors_file=errors_file)
+            self.dir, replace(self.manifest, shards=tuple(shards), **errors_fields)
         )
         return self.manifest
 
@@ -127,6 +131,8 @@ class IndexWriter:
             due = n >= self.config.retrain_growth * int(m.trained["trained_on"])  # type: ignore[index]
         if not (due or force) or n < MIN_TRAIN_POINTS:
             return False
+        for shard in m.shards:  # retraining rewrites every shard: refuse if one is damaged
+            self._require_intact(shard)
         nlist = self.config.nlist or choose_nlist(n)
         sample = self._sample_vectors(nlist * 64)
         trained, factory = train_ivfpq(sample, nlist)
@@ -140,7 +146,8 @@ class IndexWriter:
         crash_point("retrain_before_manifest")
         self.manifest = commit_manifest(self.dir, replace(
             m, index_type="ivfpq", factory=factory, shards=shards,
-            trained={"file": trained_file, "sha256": digest, "trained_on": n, "factory": factory},
+            trained={"file": trained_file, "sha256": digest, "trained_on": n, "factory": factory,
+                     "size": (self.dir / trained_file).stat().st_size},
         ))
         self._trained = trained
         collect_garbage(self.dir, self.manifest)
@@ -153,7 +160,7 @@ class IndexWriter:
         out = []
         for group in _pack(shards, self.config.ivf_shard_rows):
             if len(group) == 1:
-                out.append(reindex_shard(self.dir, group[0], self._next_name(), trained))
+                out.append(self._written(reindex_shard(self.dir, group[0], self._next_name(), trained)))
             else:
                 out.append(self._merge(group, trained))
         return out
@@ -168,11 +175,12 @@ class IndexWriter:
     def compact(self, min_rows: int, max_rows: int) -> bool:
         """Merge shards smaller than `min_rows` (dropping their tombstoned rows) into shards of
         at most `max_rows`, in one commit. Many tiny shards come from frequent commits."""
-        small = [s for s in self.manifest.shards if s.count < min_rows]
+        small = [s for s in self.manifest.shards if s.count < min_rows and self._usable(s)]
         if len(small) < 2 and not any(s.deleted for s in small):
             return False
         merged = [self._merge(group, self._trained_index()) for group in _pack(small, max_rows)]
-        keep_shards = [s for s in self.manifest.shards if s.count >= min_rows]
+        merged_names = {s.name for s in small}
+        keep_shards = [s for s in self.manifest.shards if s.name not in merged_names]
         self.manifest = commit_manifest(self.dir, replace(self.manifest, shards=tuple(keep_shards + merged)))
         collect_garbage(self.dir, self.manifest)
         return True
@@ -181,6 +189,8 @@ class IndexWriter:
         """One new shard holding the live rows of `group`, in order. The float16 vectors are
         copied once, into the merged array (1.2 GB for 500k rows of 1280-d), not once per part
         and again by a concatenation."""
+        for s in group:
+            self._require_intact(s)
         keeps = [np.setdiff1d(np.arange(s.count), read_tombstones(self.dir, s)) for s in group]
         vectors = np.empty((sum(len(k) for k in keeps), self.manifest.dim), dtype=np.float16)
         metas, at = [], 0
@@ -188,7 +198,35 @@ class IndexWriter:
             np.take(open_shard_vectors(self.dir, s), keep, axis=0, out=vectors[at:at + len(keep)])
             metas.append(read_shard_meta(self.dir, s).take(keep))
             at += len(keep)
-        return write_shard(self.dir, self._next_name(), ShardData(vectors, pa.concat_tables(metas)), trained)
+        return self._written(write_shard(self.dir, self._next_name(), ShardData(vectors, pa.concat_tables(metas)), trained))
+
+    # -- checksums: no row is copied out of a shard whose files changed since they were written --
+    def _require_intact(self, shard: ShardInfo) -> None:
+        if shard.name not in self._intact:
+            require_intact(self.dir, shard, self.manifest.dim)
+            self._intact.add(shard.name)
+
+    def _usable(self, shard: ShardInfo) -> bool:
+        """For compaction: a damaged shard is left as it is (and reported), not merged."""
+        try:
+            self._require_intact(shard)
+        except ShardCorruptError as e:
+            self.warnings.append(str(e))
+            return False
+        return True
+
+    def _written(self, shard: ShardInfo) -> ShardInfo:
+        self._intact.add(shard.name)
+        return shard
+
+    def intact(self, shard: ShardInfo) -> bool:
+        """True when `shard` passes its checksums (cached for this writer): the indexer asks
+        before it reuses a stored vector for a renamed file."""
+        try:
+            self._require_intact(shard)
+        except ShardCorruptError:
+            return False
+        return True
 
     # -- helpers -------------------------------------------------------------------------
     def _next_name(self) -> str:
@@ -215,18 +253,33 @@ class IndexWriter:
                 parts.append(np.asarray(open_shard_vectors(self.dir, s))[np.sort(take)].astype(np.float32))
         return np.concatenate(parts)
 
-    def _write_errors(self, errors: pa.Table) -> str | None:
+    def _write_errors(self, errors: pa.Table) -> dict[str, Any]:
+        """The manifest fields naming a new error list (none when it is empty)."""
         if errors.num_rows == 0:
-            return None
-        path = self.dir / ERRORS
-        write_atomic(path, lambda tmp: pq.write_table(errors.cast(ERRORS_SCHEMA), tmp))
-        return ERRORS
+            return {"errors_file": None, "errors_sha256": None, "errors_size": None}
+        # Content-named like the trained file, so a crash before the manifest commit leaves
+        # the committed error list (and its checksum) as it was.
+        tmp = self.dir / f".{ERRORS}.tmp-{os.getpid()}"
+        write_atomic(tmp, lambda path: pq.write_table(errors.cast(ERRORS_SCHEMA), path))
+        digest = sha256_file(tmp)
+        name = f"{ERRORS_PREFIX}{digest[:16]}.parquet"
+        os.replace(tmp, self.dir / name)
+        return {"errors_file": name, "errors_sha256": digest, "errors_size": (self.dir / name).stat().st_size}
 
 
 def read_errors(index_dir: Path, manifest: Manifest) -> pa.Table:
-    if not manifest.errors_file or not (Path(index_dir) / manifest.errors_file).exists():
+    """The files that could not be indexed; IndexCorruptError when the list cannot be read."""
+    if not manifest.errors_file:
         return ERRORS_SCHEMA.empty_table()
-    return pq.read_table(Path(index_dir) / manifest.errors_file)
+    path = Path(index_dir) / manifest.errors_file
+    try:
+        return pq.read_table(path).cast(ERRORS_SCHEMA)
+    except FileNotFoundError:
+        return ERRORS_SCHEMA.empty_table()
+    except (pa.ArrowException, OSError, ValueError) as e:
+        raise IndexCorruptError(
+            f"the error list {path} cannot be read ({e}); run `llm2search verify --index {index_dir} "
+            "--repair` to drop it (its files are retried on the next run)") from e
 
 
 def _pack(shards: Any, max_rows: int) -> list[list[ShardInfo]]:
@@ -245,24 +298,32 @@ def _pack(shards: Any, max_rows: int) -> list[list[ShardInfo]]:
 
 
 def collect_garbage(index_dir: Path, manifest: Manifest) -> None:
-    """Remove shard directories and tombstone files a crash or a retrain left unreferenced."""
-    for leftover in Path(index_dir).glob(".*.tmp-*"):  # half-written manifest or errors file
+    """Remove files that neither `manifest` nor a live reader's lease names (store/readers.py):
+    shard directories, tombstone files and trained quantizers of older generations, and what a
+    crash left half-written. Files an open reader still uses are left for a later collection."""
+    index_dir = Path(index_dir)
+    for leftover in index_dir.glob(".*.tmp-*"):  # half-written manifest or errors file
         leftover.unlink(missing_ok=True)
-    current = (manifest.trained or {}).get("file")
-    for leftover in Path(index_dir).glob(f"{TRAINED_PREFIX}*.faiss"):
-        if leftover.name != current:
-            leftover.unlink(missing_ok=True)
-    shards_dir = Path(index_dir) / SHARDS
+    pinned = live_pins(index_dir)
+    if "*" in pinned.shards:  # a live lease that cannot be read: keep everything this time
+        return
+    current = {(manifest.trained or {}).get("file"), manifest.errors_file}
+    for pattern in (f"{TRAINED_PREFIX}*.faiss", f"{ERRORS_PREFIX}*.parquet", ERRORS):
+        for leftover in index_dir.glob(pattern):
+            if leftover.name not in current and leftover.name not in pinned.files:
+                leftover.unlink(missing_ok=True)
+    shards_dir = index_dir / SHARDS
     if not shards_dir.is_dir():
         return
     live = {s.name: s for s in manifest.shards}
     for entry in shards_dir.iterdir():
         shard = live.get(entry.name)
-        if shard is None:
+        if shard is None and entry.name not in pinned.shards:
             shutil.rmtree(entry, ignore_errors=True)
             continue
         for f in entry.glob("tombstones-*.npy"):
-            if f.name != shard.tombstones:
+            named = shard is not None and f.name == shard.tombstones
+            if not named and f"{SHARDS}/{entry.name}/{f.name}" not in pinned.files:
                 f.unlink(missing_ok=True)
 
 
