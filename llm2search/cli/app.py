@@ -15,6 +15,7 @@ from .index import index
 from .info import info
 from .query import match, query
 from .serve import serve
+from .verify import verify
 
 app = typer.Typer(
     add_completion=False,
@@ -27,6 +28,7 @@ app.command()(serve)
 app.command()(match)
 app.command("eval")(eval_command)
 app.command()(info)
+app.command()(verify)
 app.add_typer(dev_app, name="dev")
 app.add_typer(demo_app, name="demo")
 

@@ -40,6 +40,8 @@ def index(
         report = index_folder(path, index_dir(index), config)
     except Llm2SearchError as e:
         fail(e)
+    for warning in report.warnings:
+        typer.echo(f"warning: {warning}", err=True)
     if as_json:
         echo_json(report.to_json())
     elif not quiet:

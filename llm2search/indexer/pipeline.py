@@ -62,6 +62,7 @@ class IndexReport:
     seconds: float = 0.0
     live: int = 0
     index_type: str = ""
+    warnings: list[str] = field(default_factory=list)  # e.g. damaged shards left out of compaction
 
     @property
     def images_per_second(self) -> float:
@@ -96,6 +97,7 @@ def index_folder(
         writer.compact_after_run(config.shard_size)
         report.live = writer.manifest.count
         report.index_type = writer.manifest.index_type
+        report.warnings = list(writer.warnings)
     report.seconds = time.monotonic() - started
     return report
 
@@ -197,6 +199,8 @@ class _Run:
             "deleted": False,
         }
         stored = self.state.by_hash.get(item.content_hash or "")
+        if stored is not None and not self.writer.intact(_shard_info(self.writer, stored[0])):
+            stored = None  # never copy a vector out of a damaged shard: embed the file again
         if stored is not None:  # same bytes already embedded (a rename or a duplicate)
             vectors = self._stored_vectors(stored[0])
             self._add(np.asarray(vectors[stored[1]], dtype=np.float32)[None], [row])

@@ -81,11 +81,13 @@ def verify_index(index_dir: Path) -> VerifyReport:
     return report
 
 
-def verify_shard(index_dir: Path, shard: ShardInfo, dim: int, report: VerifyReport | None = None) -> list[Problem]:
-    """What is wrong with one shard's files (empty when nothing is)."""
+def verify_shard(index_dir: Path, shard: ShardInfo, dim: int, report: VerifyReport | None = None,
+                 rows_only: bool = False) -> list[Problem]:
+    """What is wrong with one shard's files (empty when nothing is). `rows_only` checks only
+    the files rows are copied from (metadata, vectors, tombstones): a merge rebuilds the index."""
     folder = Path(index_dir) / SHARDS / shard.name
     problems = []
-    named = dict(shard.files)
+    named = {f: d for f, d in shard.files.items() if not (rows_only and f == INDEX_FILE)}
     if shard.tombstones:
         named[shard.tombstones] = shard.tombstones_sha256  # type: ignore[assignment]
     for name, digest in named.items():
@@ -93,16 +95,16 @@ def verify_shard(index_dir: Path, shard: ShardInfo, dim: int, report: VerifyRepo
         if problem:
             problems.append(Problem(f"{SHARDS}/{shard.name}/{name}", problem, shard.name))
     if not problems:  # right bytes; now the shapes the manifest promises (old manifests lack sums)
-        problem = _check_structure(folder, shard, dim, Path(index_dir))
-        if problem:
-            problems.append(Problem(f"{SHARDS}/{shard.name}", problem, shard.name))
+        found = _check_structure(folder, shard, dim, Path(index_dir), rows_only)
+        if found:
+            problems.append(Problem(f"{SHARDS}/{shard.name}/{found[0]}", found[1], shard.name))
     return problems
 
 
 def require_intact(index_dir: Path, shard: ShardInfo, dim: int) -> None:
     """Raise ShardCorruptError unless the shard passes verify_shard: merges, compaction and
     retraining call this before copying a single row out of a shard."""
-    problems = verify_shard(index_dir, shard, dim)
+    problems = verify_shard(index_dir, shard, dim, rows_only=True)
     if problems:
         first = problems[0]
         raise ShardCorruptError(
@@ -141,28 +143,40 @@ def _check_file(path: Path, size: int | None, digest: str | None, report: Verify
     return None if got == digest else "sha256 mismatch: the file changed after it was written"
 
 
-def _check_structure(folder: Path, shard: ShardInfo, dim: int, index_dir: Path) -> str | None:
+def _check_structure(folder: Path, shard: ShardInfo, dim: int, index_dir: Path,
+                     rows_only: bool) -> tuple[str, str] | None:
+    """(file, what is wrong) when a file's content is not the shape the manifest says."""
     import pyarrow.parquet as pq
 
+    def check(name: str) -> str | None:
+        if name == VECTORS_FILE:
+            vectors = np.load(folder / VECTORS_FILE, mmap_mode="r", allow_pickle=False)
+            if vectors.shape != (shard.count, dim) or vectors.dtype != np.float16:
+                return f"holds {vectors.dtype} {vectors.shape}, not float16 ({shard.count}, {dim})"
+            for start in range(0, shard.count, FINITE_CHUNK_ROWS):
+                if not np.isfinite(vectors[start:start + FINITE_CHUNK_ROWS]).all():
+                    return "holds NaN or infinite values"
+        elif name == META_FILE:
+            rows = pq.read_metadata(folder / META_FILE).num_rows
+            if rows != shard.count:
+                return f"has {rows} rows, not {shard.count}"
+        elif name == INDEX_FILE:
+            ntotal = _ntotal(folder / INDEX_FILE)
+            if ntotal != shard.count:
+                return f"holds {ntotal} vectors, not {shard.count}"
+        elif len(read_tombstones(index_dir, shard)) != shard.deleted:
+            return f"does not hold {shard.deleted} rows"
+        return None
 
-    try:
-        vectors = np.load(folder / VECTORS_FILE, mmap_mode="r", allow_pickle=False)
-        if vectors.shape != (shard.count, dim) or vectors.dtype != np.float16:
-            return f"{VECTORS_FILE} holds {vectors.dtype} {vectors.shape}, not float16 ({shard.count}, {dim})"
-        for start in range(0, shard.count, FINITE_CHUNK_ROWS):
-            if not np.isfinite(vectors[start:start + FINITE_CHUNK_ROWS]).all():
-                return f"{VECTORS_FILE} holds NaN or infinite values"
-        rows = pq.read_metadata(folder / META_FILE).num_rows
-        if rows != shard.count:
-            return f"{META_FILE} has {rows} rows, not {shard.count}"
-        if len(read_tombstones(index_dir, shard)) != shard.deleted:
-            return f"{shard.tombstones} does not hold {shard.deleted} rows"
-        ntotal = _ntotal(folder / INDEX_FILE)
-        if ntotal != shard.count:
-            return f"{INDEX_FILE} holds {ntotal} vectors, not {shard.count}"
-    except (OSError, ValueError, RuntimeError, EOFError) as e:
-        text = str(e).strip().splitlines()
-        return f"cannot be read: {text[0] if text else type(e).__name__}"
+    names = [VECTORS_FILE, META_FILE] + ([shard.tombstones] if shard.tombstones else [])
+    for name in names + ([] if rows_only else [INDEX_FILE]):
+        try:
+            what = check(name)
+        except (OSError, ValueError, RuntimeError, EOFError) as e:
+            text = str(e).strip().splitlines()
+            what = f"cannot be read: {text[0] if text else type(e).__name__}"
+        if what:
+            return name, what
     return None
 
 
