@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 
+def reason(e: BaseException) -> str:
+    """The first line of an exception's message (library errors often carry several)."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
 class Llm2SearchError(Exception):
     """Base class for errors meant for the user: the message says what went wrong and what to do."""
 

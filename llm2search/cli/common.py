@@ -32,7 +32,8 @@ def index_dir(index: Optional[Path]) -> Path:
 
 def fail(e: Exception) -> NoReturn:
     """Print an expected failure as one line on stderr and exit 1."""
-    typer.echo(f"error: {e}", err=True)
+    text = " ".join(str(e).split("\n")).strip() or type(e).__name__
+    typer.echo(f"error: {text}", err=True)
     raise typer.Exit(1)
 
 

@@ -13,7 +13,7 @@ from typing import Any, Callable
 import numpy as np
 import pyarrow as pa
 
-from ..errors import InputPathError
+from ..errors import IndexCorruptError, InputPathError, reason
 from ..models.embedder import Embedder
 from ..models.loading import share_cpu_with_workers
 from ..models.preprocess import DEFAULT_MAX_PIXELS
@@ -115,7 +115,14 @@ class _Run:
                  config: IndexingConfig, report: IndexReport, root: str):
         self.writer, self.embedder, self.spec, self.config = writer, embedder, spec, config
         self.report, self.root = report, root
-        self.state: IndexedState = load_state(writer.dir, writer.manifest)
+        try:
+            self.state: IndexedState = load_state(writer.dir, writer.manifest)
+        except FileNotFoundError as e:
+            raise IndexCorruptError(f"{e.filename or e} is missing from the index at {writer.dir}; "
+                                    f"run `llm2search verify --index {writer.dir} --repair`") from e
+        except (OSError, ValueError, pa.ArrowException) as e:
+            raise IndexCorruptError(f"the index at {writer.dir} cannot be read ({reason(e)}); run "
+                                    f"`llm2search verify --index {writer.dir} --repair`") from e
         self.errors = {r["path"]: r for r in read_errors(writer.dir, writer.manifest).to_pylist()}
         self.errors_dirty = False
         self.vectors: list[np.ndarray] = []

@@ -117,7 +117,10 @@ def read_tombstones(index_dir: Path, shard: ShardInfo) -> np.ndarray:
     """Deleted row ids of `shard`; ValueError when the file does not hold them."""
     if not shard.tombstones:
         return np.empty(0, dtype=np.int64)
-    rows = np.load(shard_dir(index_dir, shard.name) / shard.tombstones, allow_pickle=False)
+    try:
+        rows = np.load(shard_dir(index_dir, shard.name) / shard.tombstones, allow_pickle=False)
+    except EOFError as e:  # an empty file (click would turn EOFError into "Aborted!")
+        raise ValueError(f"tombstones of shard {shard.name} are empty") from e
     if rows.ndim != 1 or rows.dtype.kind not in "iu" or (len(rows) and (rows.min() < 0 or rows.max() >= shard.count)):
         raise ValueError(f"tombstones of shard {shard.name} are not row numbers of the shard")
     return rows.astype(np.int64, copy=False)

@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..errors import IndexCorruptError, IndexLockedError, ModelMismatchError, ShardCorruptError
+from ..errors import IndexCorruptError, IndexLockedError, ModelMismatchError, ShardCorruptError, reason
 from ..models.spec import identities_match
 from .atomic import write_atomic
 from .readers import live_pins
@@ -278,7 +278,7 @@ def read_errors(index_dir: Path, manifest: Manifest) -> pa.Table:
         return ERRORS_SCHEMA.empty_table()
     except (pa.ArrowException, OSError, ValueError) as e:
         raise IndexCorruptError(
-            f"the error list {path} cannot be read ({e}); run `llm2search verify --index {index_dir} "
+            f"the error list {path} cannot be read ({reason(e)}); run `llm2search verify --index {index_dir} "
             "--repair` to drop it (its files are retried on the next run)") from e
 
 
