@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from llm2search.indexer.changes import load_state
+from llm2search.indexer.state import IndexState
 from llm2search.search.searcher import SearchIndex
 from llm2search.store.manifest import index_exists, read_manifest
 from tests.conftest import live_rows, make_photos, rewrite_photo
@@ -109,5 +109,5 @@ def test_sigkill_at_random_moments(tiny_model: Path, tmp_path: Path) -> None:
         assert_serves_last_commit(index)
     assert run_indexer(folder, index, tiny_model).returncode == 0
     assert_complete(index, folder)
-    state = load_state(index, read_manifest(index))
-    assert len(state.by_path) == 40
+    live = IndexState.load(index, read_manifest(index)).live
+    assert live.num_rows == 40 and len(set(live.column("path").to_pylist())) == 40

@@ -8,25 +8,28 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import pyarrow as pa
 
 from ..errors import IndexCorruptError, InputPathError, reason
-from ..models.embedder import Embedder
-from ..models.loading import share_cpu_with_workers
 from ..models.preprocess import DEFAULT_MAX_PIXELS
 from ..models.presets import resolve_model, spec_for_index
 from ..models.spec import ModelSpec
 from ..store.manifest import index_exists, read_manifest
-from ..store.pathnames import display, to_stored
+from ..store.pathnames import to_stored
 from ..store.shard import META_SCHEMA, ShardData, open_shard_vectors
 from ..store.vector_index import IndexConfig
 from ..store.writer import ERRORS_SCHEMA, IndexWriter, read_errors
-from .changes import IndexedState, StoredEntry, load_state, under
-from .decode import DecodeOptions, Decoded, decode_stream, default_workers
-from .scan import FileEntry, ScanProblem, scan
+from .changes import ChangePlan, plan_changes, scan_table
+from .decode import DecodeOptions, decode_stream, default_workers
+from .failures import FailureList
+from .scan import scan
+from .state import IndexState
+
+if TYPE_CHECKING:
+    from ..models.embedder import Embedder
 
 
 @dataclass(frozen=True)
@@ -79,19 +82,17 @@ def index_folder(
     embedder: Embedder | None = None,
 ) -> IndexReport:
     """Bring the index up to date with `folder`: add new files, re-embed changed ones, tombstone
-    deleted ones, record unreadable ones with their reason."""
+    deleted ones, record unreadable ones with their reason. The model is loaded only once a file
+    needs embedding, so a rerun that finds nothing new imports neither torch nor the model."""
     folder = Path(os.path.abspath(os.fspath(folder)))
     index_dir = Path(index_dir)
     if not folder.exists():
         raise InputPathError(f"{folder} does not exist; give the folder of photos to index")
-    if embedder is None:
-        spec = _choose_model(index_dir, config.model)
-        embedder = Embedder(spec, config.device)
-    spec = embedder.spec
+    spec = embedder.spec if embedder is not None else _choose_model(index_dir, config.model)
     started = time.monotonic()
     report = IndexReport(str(folder), str(index_dir))
     with IndexWriter(index_dir, spec.identity(), spec.dim, config.index) as writer:
-        run = _Run(writer, embedder, spec, config, report, str(folder))
+        run = _Run(writer, spec, config, report, str(folder), embedder)
         run.execute()
         writer.maybe_train(force=config.retrain)
         writer.compact_after_run(config.shard_size)
@@ -102,6 +103,20 @@ def index_folder(
     return report
 
 
+def plan_folder(writer: IndexWriter, folder: str, retry_errors: bool = False) -> ChangePlan:
+    """Scan `folder` and compare it with the writer's current index (see changes.plan_changes)."""
+    try:
+        state = IndexState.load(writer.dir, writer.manifest)
+    except FileNotFoundError as e:
+        raise IndexCorruptError(f"{e.filename or e} is missing from the index at {writer.dir}; "
+                                f"run `llm2search verify --index {writer.dir} --repair`") from e
+    except (OSError, ValueError, pa.ArrowException) as e:
+        raise IndexCorruptError(f"the index at {writer.dir} cannot be read ({reason(e)}); run "
+                                f"`llm2search verify --index {writer.dir} --repair`") from e
+    return plan_changes(scan_table(scan(Path(folder))), state, folder,
+                        read_errors(writer.dir, writer.manifest), retry_errors)
+
+
 def _choose_model(index_dir: Path, requested: str | None) -> ModelSpec:
     if index_exists(index_dir):
         return spec_for_index(read_manifest(index_dir).model, requested)
@@ -109,90 +124,79 @@ def _choose_model(index_dir: Path, requested: str | None) -> ModelSpec:
 
 
 class _Run:
-    """State of one pass over a folder."""
+    """State of one pass over a folder: the plan, and the work not yet committed."""
 
-    def __init__(self, writer: IndexWriter, embedder: Embedder, spec: ModelSpec,
-                 config: IndexingConfig, report: IndexReport, root: str):
-        self.writer, self.embedder, self.spec, self.config = writer, embedder, spec, config
+    def __init__(self, writer: IndexWriter, spec: ModelSpec, config: IndexingConfig,
+                 report: IndexReport, root: str, embedder: Any | None):
+        self.writer, self.spec, self.config = writer, spec, config
         self.report, self.root = report, root
-        try:
-            self.state: IndexedState = load_state(writer.dir, writer.manifest)
-        except FileNotFoundError as e:
-            raise IndexCorruptError(f"{e.filename or e} is missing from the index at {writer.dir}; "
-                                    f"run `llm2search verify --index {writer.dir} --repair`") from e
-        except (OSError, ValueError, pa.ArrowException) as e:
-            raise IndexCorruptError(f"the index at {writer.dir} cannot be read ({reason(e)}); run "
-                                    f"`llm2search verify --index {writer.dir} --repair`") from e
-        self.errors = {r["path"]: r for r in read_errors(writer.dir, writer.manifest).to_pylist()}
-        self.errors_dirty = False
+        self._embedder = embedder
+        self.failures = FailureList(read_errors(writer.dir, writer.manifest))
         self.vectors: list[np.ndarray] = []
         self.rows: list[dict[str, Any]] = []
         self.pending_pixels: list[np.ndarray] = []
         self.pending_rows: list[dict[str, Any]] = []
-        self.deletions: dict[str, list[int]] = {}
+        self.deletions: dict[str, list[np.ndarray]] = {}
         self.vector_files: dict[str, np.ndarray] = {}
         self.last_commit = time.monotonic()
-        self.batch_size = config.batch_size or getattr(embedder, "batch_size", lambda: 32)()
+        self._batch_size = config.batch_size
+        self._lookup: Any = None
+
+    @property
+    def embedder(self) -> Any:
+        """The model, loaded on first use (torch is imported here, not before)."""
+        if self._embedder is None:
+            from ..models.embedder import Embedder
+
+            self._embedder = Embedder(self.spec, self.config.device)
+        return self._embedder
+
+    @property
+    def batch_size(self) -> int:
+        if self._batch_size is None:
+            self._batch_size = getattr(self.embedder, "batch_size", lambda: 32)()
+        return self._batch_size
 
     def execute(self) -> None:
-        todo, seen = self._plan()
+        plan = plan_folder(self.writer, self.root, self.config.retry_errors)
+        self.plan = plan
+        self.report.scanned, self.report.unchanged = plan.scanned, plan.unchanged
+        self.report.known_bad = plan.known_bad
+        for path, reason in zip(*(plan.problems.column(c).to_pylist() for c in ("path", "reason"))):
+            self.failures.record(path, 0, 0, reason)
+        if plan.embed.num_rows:
+            self._decode_and_embed(plan)
+        for shard, rows in plan.deleted.items():
+            self.deletions.setdefault(shard, []).append(rows)
+        self.report.deleted = plan.deleted_count
+        self.failures.drop(plan.stale_errors)
+        self._commit(final=True)
+
+    def _decode_and_embed(self, plan: ChangePlan) -> None:
         options = DecodeOptions(self.spec.preprocess, self.config.max_pixels)
         workers = default_workers() if self.config.workers is None else self.config.workers
-        if getattr(self.embedder, "device", "cpu") == "cpu":
-            share_cpu_with_workers(workers)
-        progress = _progress(len(todo), self.config.progress)
-        for item in decode_stream(todo, options, workers):
+        self._workers = workers
+        progress = _progress(plan.embed.num_rows, self.config.progress)
+        for item in decode_stream(plan.files(), options, workers):
             self._take(item)
             progress(1)
-            if len(self.pending_pixels) >= self.batch_size:
+            if self.pending_pixels and len(self.pending_pixels) >= self.batch_size:
                 self._encode_pending()
             if self._due():
                 self._commit()
         self._encode_pending()
-        for path, entry in self.state.by_path.items():
-            if under(path, self.root) and path not in seen:
-                self._delete(entry)
-                self.report.deleted += 1
-        for path in [p for p in self.errors if under(p, self.root) and p not in seen]:
-            del self.errors[path]
-            self.errors_dirty = True
-        self._commit(final=True)
         progress(0, close=True)
 
-    def _plan(self) -> tuple[list[FileEntry], set[str]]:
-        todo: list[FileEntry] = []
-        seen: set[str] = set()
-        for item in scan(Path(self.root)):
-            key = display(item.path)
-            seen.add(key)
-            if isinstance(item, ScanProblem):
-                self._record_error(item.path, 0, 0, item.reason)
-                continue
-            self.report.scanned += 1
-            old = self.state.by_path.get(key)
-            if old is not None and (old.size, old.mtime_ns) == (item.size, item.mtime_ns):
-                self.report.unchanged += 1
-                continue
-            bad = self.errors.get(key)
-            if (bad is not None and not self.config.retry_errors
-                    and (bad["size"], bad["mtime_ns"]) == (item.size, item.mtime_ns)):
-                self.report.known_bad += 1
-                continue
-            todo.append(item)
-        return todo, seen
-
-    def _take(self, item: Decoded) -> None:
+    def _take(self, item: Any) -> None:
         entry = item.entry
-        old = self.state.by_path.get(display(entry.path))
+        old = entry.replaces
         if item.error is not None:
-            self._record_error(entry.path, entry.size, entry.mtime_ns, item.error)
+            self.failures.record(entry.path, entry.size, entry.mtime_ns, item.error)
             self.report.failed += 1
             if old is not None:  # it changed into something unreadable: the old vector is stale
                 self._delete(old)
             return
-        if display(entry.path) in self.errors:
-            del self.errors[display(entry.path)]
-            self.errors_dirty = True
+        self.failures.clear(entry.path)
         if old is not None:
             self._delete(old)
             self.report.changed += 1
@@ -205,7 +209,7 @@ class _Run:
             "format": item.format, "exif_time": item.exif_time, "indexed_at": int(time.time()),
             "deleted": False,
         }
-        stored = self.state.by_hash.get(item.content_hash or "")
+        stored = self.plan.vectors_by_hash().find(item.content_hash)
         if stored is not None and not self.writer.intact(_shard_info(self.writer, stored[0])):
             stored = None  # never copy a vector out of a damaged shard: embed the file again
         if stored is not None:  # same bytes already embedded (a rename or a duplicate)
@@ -224,7 +228,13 @@ class _Run:
     def _encode_pending(self) -> None:
         if not self.pending_pixels:
             return
-        vectors = self.embedder.embed_pixels(np.stack(self.pending_pixels))
+        embedder = self.embedder
+        if not getattr(self, "_cpu_shared", False) and getattr(embedder, "device", "cpu") == "cpu":
+            from ..models.loading import share_cpu_with_workers
+
+            share_cpu_with_workers(getattr(self, "_workers", 0))
+            self._cpu_shared = True
+        vectors = embedder.embed_pixels(np.stack(self.pending_pixels))
         self._add(vectors, self.pending_rows)
         self.report.embedded += len(self.pending_rows)
         self.pending_pixels, self.pending_rows = [], []
@@ -233,14 +243,8 @@ class _Run:
         self.vectors.append(vectors.astype(np.float16))  # what the shard stores; half the RAM
         self.rows.extend(rows)
 
-    def _delete(self, entry: StoredEntry) -> None:
-        self.deletions.setdefault(entry.shard, []).append(entry.row)
-
-    def _record_error(self, path: str, size: int, mtime_ns: int, reason: str) -> None:
-        path = display(path)
-        self.errors[path] = {"path": path, "size": size, "mtime_ns": mtime_ns,
-                             "reason": reason, "time": int(time.time())}
-        self.errors_dirty = True
+    def _delete(self, old: tuple[str, int]) -> None:
+        self.deletions.setdefault(old[0], []).append(np.array([old[1]], dtype=np.int64))
 
     def _due(self) -> bool:
         return (len(self.rows) + len(self.pending_rows) >= self.config.shard_size
@@ -252,15 +256,14 @@ class _Run:
         if self.rows:
             meta = pa.Table.from_pylist(self.rows, schema=META_SCHEMA)
             shard = ShardData(np.concatenate(self.vectors), meta)
-        if shard is None and not self.deletions and not self.errors_dirty:
+        if shard is None and not self.deletions and not self.failures.dirty:
             return
-        errors = None
-        if self.errors_dirty:
-            errors = pa.Table.from_pylist(list(self.errors.values()), schema=ERRORS_SCHEMA)
-        deletions = {k: np.array(v, dtype=np.int64) for k, v in self.deletions.items()}
+        errors = self.failures.table() if self.failures.dirty else None
+        deletions = {k: np.concatenate(v).astype(np.int64) for k, v in self.deletions.items()}
         self.writer.commit(shard, deletions, errors)
+        if errors is not None:
+            self.failures.committed()
         self.vectors, self.rows, self.deletions = [], [], {}
-        self.errors_dirty = False
         self.last_commit = time.monotonic()
 
 

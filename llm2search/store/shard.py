@@ -140,7 +140,9 @@ def open_shard_vectors(index_dir: Path, shard: ShardInfo) -> np.ndarray:
 
 
 def read_shard_meta(index_dir: Path, shard: ShardInfo, columns: list[str] | None = None) -> pa.Table:
-    return pq.read_table(shard_dir(index_dir, shard.name) / META_FILE, columns=columns)
+    # ParquetFile, not pq.read_table: the dataset reader imports pandas (see columns.py).
+    with pq.ParquetFile(shard_dir(index_dir, shard.name) / META_FILE) as f:
+        return f.read(columns=columns)
 
 
 def sha256_file(path: Path) -> str:

@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 from ..errors import IndexCorruptError, IndexLockedError, ModelMismatchError, ShardCorruptError, reason
 from ..models.spec import identities_match
 from .atomic import write_atomic
+from .columns import empty_table
 from .readers import live_pins
 from .verify import require_intact
 from .manifest import (
@@ -270,12 +271,13 @@ class IndexWriter:
 def read_errors(index_dir: Path, manifest: Manifest) -> pa.Table:
     """The files that could not be indexed; IndexCorruptError when the list cannot be read."""
     if not manifest.errors_file:
-        return ERRORS_SCHEMA.empty_table()
+        return empty_table(ERRORS_SCHEMA)
     path = Path(index_dir) / manifest.errors_file
     try:
-        return pq.read_table(path).cast(ERRORS_SCHEMA)
+        with pq.ParquetFile(path) as f:  # not pq.read_table: the dataset reader imports pandas
+            return f.read().cast(ERRORS_SCHEMA)
     except FileNotFoundError:
-        return ERRORS_SCHEMA.empty_table()
+        return empty_table(ERRORS_SCHEMA)
     except (pa.ArrowException, OSError, ValueError) as e:
         raise IndexCorruptError(
             f"the error list {path} cannot be read ({reason(e)}); run `llm2search verify --index {index_dir} "
