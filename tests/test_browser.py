@@ -32,7 +32,7 @@ def _need_browser() -> None:
     try:
         import playwright.sync_api  # noqa: F401
     except ImportError:
-        missing.append("the playwright package (pip install -e '.[dev]')")
+        missing.append("the playwright package (./test.sh installs it: pip install -e '.[test]')")
     if missing:
         message = "browser test needs " + " and ".join(missing)
         if os.environ.get("CI"):

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ModelLoadError
+from .cuda_builds import torch_gpu_problem
 from .spec import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -23,10 +24,27 @@ def pick_device(requested: str | None = None) -> str:
     import torch
 
     if requested in (None, "", "auto"):
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        if torch.cuda.is_available():
+            return "cuda"
+        _warn_unusable_gpu()
+        return "cpu"
     if requested.startswith("cuda") and not torch.cuda.is_available():
-        raise ModelLoadError(f"--device {requested} asked for a GPU but torch sees none; use --device cpu")
+        problem = torch_gpu_problem()
+        raise ModelLoadError(problem if problem else
+                             f"--device {requested} asked for a GPU but torch sees none; use --device cpu")
     return requested
+
+
+_WARNED: list[str] = []
+
+
+def _warn_unusable_gpu() -> None:
+    """Say once, in one line, when `auto` falls back to the CPU although an NVIDIA GPU is present
+    (a torch build the driver cannot run): the 8B text model on the CPU is minutes per query."""
+    problem = None if _WARNED else torch_gpu_problem()
+    if problem:
+        _WARNED.append(problem)
+        log.warning("warning: %s (running on the CPU meanwhile)", problem)
 
 
 def pick_devices(requested: str | None = None) -> list[str]:
