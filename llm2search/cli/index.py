@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
@@ -23,10 +23,13 @@ def index(
     shard_size: int = typer.Option(100_000, "--shard-size", min=1, help="Rows per shard before a new one starts."),
     commit_seconds: float = typer.Option(60.0, "--commit-seconds", min=0, help="Commit finished work at least this often."),
     retrain: bool = typer.Option(False, "--retrain", help="Retrain the IVF-PQ quantizer from stored vectors now."),
+    exclude: Optional[List[str]] = typer.Option(None, "--exclude", help="Skip files and folders matching this gitignore-style pattern, relative to PATH (repeatable); indexed ones are dropped."),
+    default_excludes: bool = typer.Option(True, "--default-excludes/--no-default-excludes", help="Skip dot-files, @eaDir, .git, node_modules, thumbnail caches, ... (see README)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
     as_json: bool = typer.Option(False, "--json", help="Print the run summary as JSON."),
 ) -> None:
     """Index a folder of photos (new, changed and deleted files are picked up on a rerun)."""
+    from ..indexer.exclude import ExcludeConfig
     from ..indexer.pipeline import IndexingConfig, index_folder
     from ..models.preprocess import DEFAULT_MAX_PIXELS
 
@@ -34,7 +37,7 @@ def index(
         model=model, device=device, batch_size=batch_size, workers=workers,
         max_pixels=max_pixels or DEFAULT_MAX_PIXELS, retry_errors=retry_errors,
         shard_size=shard_size, commit_seconds=commit_seconds, retrain=retrain,
-        progress=not (quiet or as_json),
+        exclude=ExcludeConfig(tuple(exclude or ()), default_excludes), progress=not (quiet or as_json),
     )
     try:
         report = index_folder(path, index_dir(index), config)

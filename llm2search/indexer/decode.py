@@ -11,6 +11,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
+from ..models.exif import PhotoExif
 from ..models.preprocess import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image
 from ..models.spec import PreprocessConfig
 from .scan import FileEntry
@@ -31,7 +32,7 @@ class Decoded:
     width: int = 0
     height: int = 0
     format: str = ""
-    exif_time: int | None = None
+    exif: PhotoExif = PhotoExif()
     error: str | None = None  # set when the file could not be used
 
 
@@ -50,7 +51,7 @@ def decode_file(entry: FileEntry, options: DecodeOptions) -> Decoded:
         img = decode_image(data, options.preprocess, options.max_pixels, options.draft)
     except ImageDecodeError as e:
         return Decoded(entry, content_hash=digest, error=str(e))
-    return Decoded(entry, digest, img.pixels, img.width, img.height, img.format, img.exif_time)
+    return Decoded(entry, digest, img.pixels, img.width, img.height, img.format, img.exif)
 
 
 def _decode_chunk(entries: list[FileEntry], options: DecodeOptions) -> list[Decoded]:

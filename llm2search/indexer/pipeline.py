@@ -23,6 +23,7 @@ from ..store.shard import META_SCHEMA, ShardData, open_shard_vectors
 from ..store.vector_index import IndexConfig
 from ..store.writer import ERRORS_SCHEMA, IndexWriter, read_errors
 from .changes import ChangePlan, plan_changes, scan_table
+from .exclude import ExcludeConfig, ExcludeRules
 from .decode import DecodeOptions, decode_stream, default_workers
 from .failures import FailureList
 from .scan import scan
@@ -46,6 +47,7 @@ class IndexingConfig:
     retry_errors: bool = False  # retry files that failed before even if unchanged
     retrain: bool = False  # retrain the IVF-PQ quantizer from stored vectors now (else automatic)
     index: IndexConfig = field(default_factory=IndexConfig)
+    exclude: ExcludeConfig = field(default_factory=ExcludeConfig)
     progress: bool = True
 
 
@@ -103,7 +105,8 @@ def index_folder(
     return report
 
 
-def plan_folder(writer: IndexWriter, folder: str, retry_errors: bool = False) -> ChangePlan:
+def plan_folder(writer: IndexWriter, folder: str, retry_errors: bool = False,
+                exclude: ExcludeConfig = ExcludeConfig()) -> ChangePlan:
     """Scan `folder` and compare it with the writer's current index (see changes.plan_changes)."""
     try:
         state = IndexState.load(writer.dir, writer.manifest)
@@ -113,7 +116,7 @@ def plan_folder(writer: IndexWriter, folder: str, retry_errors: bool = False) ->
     except (OSError, ValueError, pa.ArrowException) as e:
         raise IndexCorruptError(f"the index at {writer.dir} cannot be read ({reason(e)}); run "
                                 f"`llm2search verify --index {writer.dir} --repair`") from e
-    return plan_changes(scan_table(scan(Path(folder))), state, folder,
+    return plan_changes(scan_table(scan(Path(folder), ExcludeRules(folder, exclude))), state, folder,
                         read_errors(writer.dir, writer.manifest), retry_errors)
 
 
@@ -158,7 +161,7 @@ class _Run:
         return self._batch_size
 
     def execute(self) -> None:
-        plan = plan_folder(self.writer, self.root, self.config.retry_errors)
+        plan = plan_folder(self.writer, self.root, self.config.retry_errors, self.config.exclude)
         self.plan = plan
         self.report.scanned, self.report.unchanged = plan.scanned, plan.unchanged
         self.report.known_bad = plan.known_bad
@@ -206,8 +209,10 @@ class _Run:
         row = {
             "path": shown, "path_bytes": raw, "size": entry.size, "mtime_ns": entry.mtime_ns,
             "content_hash": item.content_hash, "width": item.width, "height": item.height,
-            "format": item.format, "exif_time": item.exif_time, "indexed_at": int(time.time()),
-            "deleted": False,
+            "format": item.format, "exif_time": item.exif.time, "indexed_at": int(time.time()),
+            "deleted": False, "camera_make": item.exif.camera_make, "camera_model": item.exif.camera_model,
+            "lens": item.exif.lens, "gps_lat": item.exif.gps_lat, "gps_lon": item.exif.gps_lon,
+            "gps_alt": item.exif.gps_alt,
         }
         stored = self.plan.vectors_by_hash().find(item.content_hash)
         if stored is not None and not self.writer.intact(_shard_info(self.writer, stored[0])):

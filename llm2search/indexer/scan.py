@@ -9,9 +9,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+from .exclude import ExcludeRules
+
 IMAGE_EXTENSIONS = frozenset({
     ".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff",
-    ".heic", ".heif",
+    ".heic", ".heif", ".avif", ".jxl", ".mpo",
+    ".dng", ".cr2", ".nef", ".arw",  # camera RAW: TIFF containers with an embedded preview
 })
 
 
@@ -28,8 +31,9 @@ class ScanProblem:
     reason: str
 
 
-def scan(root: Path) -> Iterator[FileEntry | ScanProblem]:
-    """Yield image files under `root` (or `root` itself), sorted per directory for stable order.
+def scan(root: Path, rules: ExcludeRules | None = None) -> Iterator[FileEntry | ScanProblem]:
+    """Yield image files under `root` (or `root` itself), sorted per directory for stable order,
+    leaving out what `rules` exclude (default: the built-in skips and the root's ignore file).
     Directory symlinks are followed once per real directory, so loops end."""
     root = Path(os.path.abspath(root))
     if root.is_file():
@@ -37,6 +41,8 @@ def scan(root: Path) -> Iterator[FileEntry | ScanProblem]:
         if entry is not None:
             yield entry
         return
+    if rules is None:
+        rules = ExcludeRules(root)
     seen: set[tuple[int, int]] = set()
     stack = [str(root)]
     while stack:
@@ -55,13 +61,14 @@ def scan(root: Path) -> Iterator[FileEntry | ScanProblem]:
         for e in entries:
             try:
                 if e.is_dir(follow_symlinks=True):
-                    if not e.name.startswith("."):
+                    if not rules.excluded(e.path, is_dir=True):
                         subdirs.append(e.path)
                     continue
             except OSError as err:
-                yield ScanProblem(e.path, _stat_problem(e, err))
+                if not rules.excluded(e.path, is_dir=False):
+                    yield ScanProblem(e.path, _stat_problem(e, err))
                 continue
-            if os.path.splitext(e.name)[1].lower() not in IMAGE_EXTENSIONS:
+            if os.path.splitext(e.name)[1].lower() not in IMAGE_EXTENSIONS or rules.excluded(e.path, is_dir=False):
                 continue
             try:
                 st = e.stat(follow_symlinks=True)

@@ -60,3 +60,14 @@ class Embedder:
 
     def embed_texts(self, texts: list[str]) -> np.ndarray:
         return self.text_encoder.encode(texts)
+
+    def truncated(self, texts: list[str]) -> list[bool]:
+        """Which texts are longer than the text model's token limit (they are searched cut)."""
+        return [self.text_encoder.prepare(t)[1] for t in texts]
+
+    @property
+    def token_limit(self) -> int:
+        """Query tokens the text model reads (from the model's config, no weights loaded)."""
+        from .text_encoder import token_limit
+
+        return token_limit(self.spec.text_config.max_length)

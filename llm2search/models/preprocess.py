@@ -10,19 +10,25 @@ import io
 import math
 import warnings
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps
 
+from .exif import PhotoExif, read_exif
+from .raw import RawDecodeError, demosaic, is_tiff_raw, raw_exif, read_raw
 from .spec import PreprocessConfig
 
+# AVIF is Pillow's own (11.3+); MPO (phone cameras' multi-frame JPEG) too.
 try:  # HEIC/HEIF (iPhone photos); optional at run time, declared as a dependency.
     import pillow_heif
 
     pillow_heif.register_heif_opener()
 except ImportError:  # pragma: no cover - depends on the platform's wheels
+    pass
+try:  # JPEG XL; optional at run time, declared as a dependency.
+    import pillow_jxl  # noqa: F401 - registers the JXL opener on import
+except ImportError:  # pragma: no cover
     pass
 
 # Our own pixel limit replaces PIL's bomb check so the message can name the flag that changes it.
@@ -37,9 +43,6 @@ _RESAMPLE = {
     "bilinear": Image.Resampling.BILINEAR,
     "lanczos": Image.Resampling.LANCZOS,
 }
-_EXIF_IFD = 0x8769
-_DATETIME_ORIGINAL = 36867
-_DATETIME = 306
 
 
 class ImageDecodeError(Exception):
@@ -52,7 +55,12 @@ class DecodedImage:
     width: int  # displayed size, after EXIF orientation
     height: int
     format: str
-    exif_time: int | None  # capture time, seconds since the epoch (camera clock read as UTC)
+    exif: PhotoExif = PhotoExif()  # capture time, camera, lens, GPS
+
+    @property
+    def exif_time(self) -> int | None:
+        """Capture time, seconds since the epoch (camera clock read as UTC)."""
+        return self.exif.time
 
 
 def decode_image(
@@ -62,12 +70,13 @@ def decode_image(
     draft: bool = True,
 ) -> DecodedImage:
     """Open, orient, reduce and centre-crop one image. Raises ImageDecodeError with a reason."""
-    stream = io.BytesIO(source) if isinstance(source, bytes) else source
+    if not isinstance(source, bytes):
+        source = source.read()
+    stream = io.BytesIO(source)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # truncated EXIF, palette transparency notes, ...
-            img = Image.open(stream)
-            fmt = img.format or "unknown"
+            img, fmt, exif = _open(source, stream)
             w, h = img.size
             if w < 1 or h < 1:
                 raise ImageDecodeError(f"image has no pixels ({w}x{h})")
@@ -76,8 +85,7 @@ def decode_image(
                     f"image is {w}x{h} = {w * h:,} pixels, over the limit of {max_pixels:,} "
                     "(raise it with --max-pixels if the file is genuine)"
                 )
-            exif_time = _exif_time(img)
-            if draft and fmt == "JPEG":
+            if draft and img.format in ("JPEG", "MPO"):
                 _draft(img, config.image_size)
             img = ImageOps.exif_transpose(img)
             width, height = _oriented_size(img, w, h)
@@ -85,13 +93,31 @@ def decode_image(
             pixels = resize_and_crop(rgb, config)
     except ImageDecodeError:
         raise
+    except RawDecodeError as e:
+        raise ImageDecodeError(str(e)) from e
     except Image.DecompressionBombError as e:
         raise ImageDecodeError(f"decompression bomb: {e}") from e
     except (OSError, ValueError, SyntaxError, EOFError, Image.UnidentifiedImageError) as e:
         raise ImageDecodeError(_reason(e)) from e
     except MemoryError as e:
         raise ImageDecodeError("not enough memory to decode this image") from e
-    return DecodedImage(pixels, width, height, fmt, exif_time)
+    return DecodedImage(pixels, width, height, fmt, exif)
+
+
+def _open(data: bytes, stream: io.BytesIO) -> tuple[Image.Image, str, PhotoExif]:
+    """(image to decode, format name, EXIF). A camera RAW opens as its embedded preview, with
+    the RAW's own orientation and EXIF; anything else as itself."""
+    if not is_tiff_raw(data):
+        img = Image.open(stream)
+        return img, img.format or "unknown", read_exif(img)
+    raw = read_raw(data)
+    img = Image.open(io.BytesIO(raw.jpeg)) if raw.jpeg is not None else demosaic(data)
+    if raw.orientation != 1 and not img.getexif().get(0x0112):
+        img.getexif()[0x0112] = raw.orientation  # exif_transpose reads it from here
+    exif = raw_exif(raw)
+    if exif == PhotoExif():
+        exif = read_exif(img)
+    return img, raw.format, exif
 
 
 def resize_and_crop(img: Image.Image, config: PreprocessConfig) -> np.ndarray:
@@ -139,19 +165,6 @@ def _to_rgb(img: Image.Image) -> Image.Image:
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
     return img.convert("RGB")
-
-
-def _exif_time(img: Image.Image) -> int | None:
-    try:
-        exif = img.getexif()
-        raw = exif.get_ifd(_EXIF_IFD).get(_DATETIME_ORIGINAL) or exif.get(_DATETIME)
-        if not raw:
-            return None
-        text = raw.decode() if isinstance(raw, bytes) else str(raw)
-        moment = datetime.strptime(text.strip("\x00 ")[:19], "%Y:%m:%d %H:%M:%S")
-        return int(moment.replace(tzinfo=timezone.utc).timestamp())
-    except Exception:  # noqa: BLE001 - EXIF in the wild is often malformed; the time is optional
-        return None
 
 
 def _reason(e: BaseException) -> str:

@@ -13,6 +13,14 @@ from .spec import ModelSpec
 LLM2VEC_SEPARATOR = "!@#$%^&*()"
 # Tokens kept free for the prompt template llm2vec wraps around the text (Llama-3 header + eot).
 TEMPLATE_RESERVE = 16
+# Longest query text anyone may send (CLI, Python API, HTTP): a guard on work, far above the
+# token limit of every model, which is what actually cuts a long query (see TextEncoder.prepare).
+MAX_QUERY_CHARS = 2000
+
+
+def token_limit(max_length: int) -> int:
+    """Tokens of query text a model with llm2vec `max_length` reads; the rest is cut."""
+    return max(1, max_length - TEMPLATE_RESERVE)
 
 
 class TextEncoder:
@@ -28,18 +36,28 @@ class TextEncoder:
     def dim(self) -> int:
         return self.spec.dim
 
+    @property
+    def token_limit(self) -> int:
+        return token_limit(self.spec.text_config.max_length)
+
     def clean(self, text: str) -> str:
-        """Reject empty text; drop llm2vec's separator; cut to max_length tokens, because
-        llm2vec's pooling mask misaligns with the tokens of a text longer than that."""
+        return self.prepare(text)[0]
+
+    def prepare(self, text: str) -> tuple[str, bool]:
+        """(the text the model reads, whether it was cut). Rejects empty text; drops llm2vec's
+        separator; cuts to `token_limit` tokens, because llm2vec's pooling mask misaligns with
+        the tokens of a text longer than that."""
         if not isinstance(text, str) or not text.strip():
             raise InvalidQueryError("the query text is empty; give a sentence such as 'a dog on a beach'")
+        if len(text) > MAX_QUERY_CHARS:
+            raise InvalidQueryError(f"the query text is {len(text):,} characters; the limit is {MAX_QUERY_CHARS:,}")
         text = " ".join(text.replace(LLM2VEC_SEPARATOR, " ").split())
-        budget = max(1, self.spec.text_config.max_length - TEMPLATE_RESERVE)
+        budget = self.token_limit
         tokenizer = self.l2v.tokenizer
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         if len(ids) > budget:
-            text = tokenizer.decode(ids[:budget]).rstrip("\ufffd")  # drop a cut multi-byte char
-        return text
+            return tokenizer.decode(ids[:budget]).rstrip("\ufffd"), True  # drop a cut multi-byte char
+        return text, False
 
     def encode(self, texts: list[str]) -> np.ndarray:
         import torch

@@ -38,6 +38,7 @@ RERANK_CHUNK_ROWS = 512  # float16 rows gathered and decoded per step of the exa
 # times both).
 NUMPY_DECODE_MAX_ROWS = 1024
 T = TypeVar("T")
+EXIF_FIELDS = ("camera_make", "camera_model", "lens", "gps_lat", "gps_lon", "gps_alt")
 ALLOWED_CACHE = 32  # row selections kept per shard (the web page repeats the same filter)
 
 
@@ -55,6 +56,12 @@ class Hit:
     content_hash: str
     shard: str
     row: int
+    camera_make: str | None = None
+    camera_model: str | None = None
+    lens: str | None = None
+    gps_lat: float | None = None
+    gps_lon: float | None = None
+    gps_alt: float | None = None
 
     @property
     def id(self) -> str:
@@ -482,7 +489,7 @@ class SearchIndex:
                 rank=int(rank), score=float(score), path=m["path"], size=m["size"],
                 mtime_ns=m["mtime_ns"], width=m["width"], height=m["height"], format=m["format"],
                 exif_time=m["exif_time"], content_hash=m["content_hash"],
-                shard=shard.info.name, row=int(row),
+                shard=shard.info.name, row=int(row), **{f: m.get(f) for f in EXIF_FIELDS},
             ))
         return hits
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..models.text_encoder import MAX_QUERY_CHARS
+
 
 @dataclass(frozen=True)
 class ServiceConfig:
@@ -23,7 +25,7 @@ class Limits:
 
     max_body: int = 32 << 20  # bytes of request body (uploads included)
     max_k: int = 1000  # results per search
-    max_text: int = 2000  # characters per text
+    max_text: int = MAX_QUERY_CHARS  # characters per text (the CLI's limit too)
     max_texts: int = 64  # texts per embed call, captions per match
     max_negatives: int = 16
     max_vectors: int = 1000  # query vectors per batch vector search

@@ -38,9 +38,13 @@ def error_response(status: int, message: str, **extra: Any) -> SafeJSONResponse:
     return SafeJSONResponse({"error": message, "status": status, **extra}, status_code=status)
 
 
-def hits_body(hits: list[Hit], k: int, took_ms: float) -> dict[str, Any]:
-    """A search answer: SearchOut's fields."""
-    return {"hits": [with_links(h.to_json()) for h in hits], "count": len(hits), "k": k, "took_ms": took_ms}
+def hits_body(hits: list[Hit], k: int, took_ms: float, truncated: int = 0, token_limit: int | None = None) -> dict[str, Any]:
+    """A search answer: SearchOut's fields. `truncated`: query texts cut to the token limit."""
+    body = {"hits": [with_links(h.to_json()) for h in hits], "count": len(hits), "k": k, "took_ms": took_ms,
+            "truncated": truncated > 0, "truncated_texts": truncated}
+    if token_limit is not None:
+        body["token_limit"] = token_limit
+    return body
 
 
 def ms_since(started: float) -> float:

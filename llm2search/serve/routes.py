@@ -45,10 +45,12 @@ def create_app(service: SearchService, token: str | None = None, limits: Limits 
     install_error_handlers(app)
     api = APIRouter(prefix="/api", dependencies=[Depends(token_check(token))], responses=ERRORS)
 
-    def hits_json(hits: list[Hit], k: int, started: float) -> dict[str, Any]:
+    def hits_json(hits: list[Hit], k: int, started: float, texts: list[str] | None = None) -> dict[str, Any]:
         # Returned as a response, not through response_model: no second validation of 1000 hits,
         # and paths that are not UTF-8 survive (see SafeJSONResponse).
-        return SafeJSONResponse(hits_body(hits, k, ms_since(started)))
+        if not texts:
+            return SafeJSONResponse(hits_body(hits, k, ms_since(started)))
+        return SafeJSONResponse(hits_body(hits, k, ms_since(started), service.truncated(texts), service.token_limit))
 
     def form_k(k: int) -> int:
         if not 1 <= k <= limits.max_k:
@@ -78,14 +80,14 @@ def create_app(service: SearchService, token: str | None = None, limits: Limits 
         data = service.info()
         data["limits"] = {"max_k": limits.max_k, "max_text": limits.max_text, "max_body": limits.max_body,
                           "max_texts": limits.max_texts, "max_vectors": limits.max_vectors,
-                          "max_pixels": service.config.max_pixels}
+                          "max_pixels": service.config.max_pixels, "query_tokens": service.token_limit}
         return data
 
     @api.post("/search/text", tags=["search"], response_model=SearchOut, summary="Search by a sentence")
     def search_text(body: TextSearchIn) -> Any:
         started = time.perf_counter()
         hits = service.search_text(body.text, body.k, to_filter(body.filter))
-        return hits_json(hits, body.k, started)
+        return hits_json(hits, body.k, started, [body.text])
 
     @api.post("/search/image", tags=["search"], response_model=SearchOut,
               summary="Search by an uploaded image (multipart field 'image')")
@@ -121,7 +123,7 @@ def create_app(service: SearchService, token: str | None = None, limits: Limits 
         texts = [QueryText(body.text, float(body.text_weight))] if body.text else []
         hits = service.combined(texts, images, items, body.negative, float(body.negative_weight),
                                 body.k, to_filter(body.filter))
-        return hits_json(hits, body.k, started)
+        return hits_json(hits, body.k, started, [t.text for t in texts] + list(body.negative))
 
     @api.post("/embed/text", tags=["embed"], response_model=EmbedOut, summary="Unit vectors of texts")
     def embed_text(body: EmbedTextIn) -> Any:

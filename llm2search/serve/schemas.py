@@ -6,8 +6,27 @@ from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, field_validator
 
-from ..search.filters import SearchFilter
+from ..search.filters import MAX_NAME_FILTER, SearchFilter
 from .config import Limits
+
+
+class NearIn(BaseModel):
+    """Photos whose EXIF GPS position lies within `km` of (lat, lon)."""
+
+    model_config = ConfigDict(extra="forbid")
+    lat: StrictFloat = Field(..., ge=-90, le=90, allow_inf_nan=False)
+    lon: StrictFloat = Field(..., ge=-180, le=180, allow_inf_nan=False)
+    km: StrictFloat = Field(..., gt=0, le=20_040, allow_inf_nan=False)
+
+
+class BoxIn(BaseModel):
+    """Photos whose EXIF GPS position lies in a box; west > east crosses the 180th meridian."""
+
+    model_config = ConfigDict(extra="forbid")
+    south: StrictFloat = Field(..., ge=-90, le=90, allow_inf_nan=False)
+    west: StrictFloat = Field(..., ge=-180, le=180, allow_inf_nan=False)
+    north: StrictFloat = Field(..., ge=-90, le=90, allow_inf_nan=False)
+    east: StrictFloat = Field(..., ge=-180, le=180, allow_inf_nan=False)
 
 
 class FilterIn(BaseModel):
@@ -23,6 +42,12 @@ class FilterIn(BaseModel):
     min_height: Optional[StrictInt] = Field(None, ge=0)
     min_score: Optional[StrictFloat | StrictInt] = Field(None, ge=-1, le=1)
     sort: Literal["score", "date", "date_asc"] = "score"
+    camera: Optional[str] = Field(None, min_length=1, max_length=MAX_NAME_FILTER,
+                                  description="words of the EXIF camera make and model, any case, e.g. 'canon r5'")
+    lens: Optional[str] = Field(None, min_length=1, max_length=MAX_NAME_FILTER,
+                                description="words of the EXIF lens name, any case, e.g. '24-105'")
+    near: Optional[NearIn] = Field(None, description="GPS position within a radius of a point")
+    bbox: Optional[BoxIn] = Field(None, description="GPS position inside a box")
 
     def to_filter(self) -> SearchFilter:
         return SearchFilter.from_json(self.model_dump(exclude_none=True))
@@ -123,6 +148,12 @@ class HitOut(BaseModel):
     content_hash: str
     shard: str
     row: int
+    camera_make: Optional[str] = None
+    camera_model: Optional[str] = None
+    lens: Optional[str] = None
+    gps_lat: Optional[float] = None
+    gps_lon: Optional[float] = None
+    gps_alt: Optional[float] = None
     thumbnail: str
     image: str
 
@@ -132,6 +163,10 @@ class SearchOut(BaseModel):
     count: int
     k: int
     took_ms: float
+    truncated: bool = Field(False, description="a query text was longer than the text model's token "
+                                               "limit and was searched cut to it")
+    truncated_texts: int = Field(0, description="how many query texts were cut")
+    token_limit: Optional[int] = Field(None, description="query tokens the text model reads (text searches)")
 
 
 class VectorSearchOut(BaseModel):

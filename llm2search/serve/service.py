@@ -126,6 +126,18 @@ class SearchService:
                 raise InvalidQueryError("a query text is empty; give a sentence such as 'a dog on a beach'")
         return self._embed_texts(np.array(list(texts), dtype=object))
 
+    def truncated(self, texts: Sequence[str]) -> int:
+        """How many of `texts` are longer than the text model's token limit (searched cut).
+        Under the model lock: a fast tokenizer is not thread-safe ("Already borrowed")."""
+        if not texts:
+            return 0
+        with self._model_lock:
+            return sum(self.index.embedder.truncated(list(texts)))
+
+    @property
+    def token_limit(self) -> int:
+        return int(self.index.embedder.token_limit)
+
     def embed_image(self, data: bytes) -> np.ndarray:
         pixels = image_pixels(data, self.index.embedder, self.config.max_pixels)  # decoded in parallel
         return self._embed_pixels(pixels)[0]

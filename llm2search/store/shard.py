@@ -36,6 +36,14 @@ META_SCHEMA = pa.schema([
     ("indexed_at", pa.int64()),  # epoch seconds
     ("deleted", pa.bool_()),  # false at write; deletions live in tombstone files
     ("path_bytes", pa.binary()),  # exact file name when it is not UTF-8 (see pathnames.py)
+    # EXIF, added after format_version 1 was first written: shards without these columns read
+    # them as nulls (read_shard_meta), so old indexes open and filter unchanged.
+    ("camera_make", pa.string()),
+    ("camera_model", pa.string()),
+    ("lens", pa.string()),
+    ("gps_lat", pa.float64()),  # degrees, north positive
+    ("gps_lon", pa.float64()),  # degrees, east positive
+    ("gps_alt", pa.float64()),  # metres above sea level
 ])
 
 
@@ -63,7 +71,7 @@ def write_shard(index_dir: Path, name: str, data: ShardData, trained: Any | None
     np.save(tmp / VECTORS_FILE, vectors16)
     # The index is built from the stored float16 values so re-rank and index agree exactly.
     write_shard_index(build_shard_index(vectors16, trained), tmp / INDEX_FILE)
-    pq.write_table(data.meta.cast(META_SCHEMA), tmp / META_FILE, compression="zstd")
+    pq.write_table(conform_meta(data.meta), tmp / META_FILE, compression="zstd")
     files, sizes = {}, {}
     for f in (INDEX_FILE, META_FILE, VECTORS_FILE):
         fsync_file(tmp / f)
@@ -140,9 +148,30 @@ def open_shard_vectors(index_dir: Path, shard: ShardInfo) -> np.ndarray:
 
 
 def read_shard_meta(index_dir: Path, shard: ShardInfo, columns: list[str] | None = None) -> pa.Table:
+    """The shard's metadata, only `columns` (default: all of META_SCHEMA) read from disk. A
+    column the shard's file predates comes back as nulls of its type."""
+    wanted = list(columns) if columns is not None else META_SCHEMA.names
     # ParquetFile, not pq.read_table: the dataset reader imports pandas (see columns.py).
     with pq.ParquetFile(shard_dir(index_dir, shard.name) / META_FILE) as f:
-        return f.read(columns=columns)
+        present = set(f.schema_arrow.names)
+        table = f.read(columns=[c for c in wanted if c in present])
+    return _with_columns(table, wanted)
+
+
+def conform_meta(table: pa.Table) -> pa.Table:
+    """`table` as META_SCHEMA: missing columns as nulls, in order, cast to their types."""
+    return _with_columns(table, META_SCHEMA.names).cast(META_SCHEMA)
+
+
+def _with_columns(table: pa.Table, names: list[str]) -> pa.Table:
+    n = table.num_rows
+    columns = []
+    for name in names:
+        if name in table.column_names:
+            columns.append(table.column(name))
+        else:
+            columns.append(pa.nulls(n, META_SCHEMA.field(name).type if name in META_SCHEMA.names else pa.null()))
+    return pa.table(columns, names=names)
 
 
 def sha256_file(path: Path) -> str:
