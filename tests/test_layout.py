@@ -19,7 +19,8 @@ ALLOWED = {
     "eval": {"models", "store", "search"},
     "demo": {"models", "store", "indexer", "search"},
     "cluster": {"models", "store", "indexer"},
-    "cli": {"models", "store", "indexer", "search", "serve", "eval", "demo", "cluster"},
+    "library": {"models", "store", "indexer", "search"},
+    "cli": {"models", "store", "indexer", "search", "serve", "eval", "demo", "cluster", "library"},
 }
 
 

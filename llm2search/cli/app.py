@@ -10,12 +10,15 @@ import typer
 from ..errors import Llm2SearchError
 from .demo import demo_app
 from .dev import dev_app
+from .duplicates import duplicates
 from .eval import eval_command
+from .export import export
 from .index import index
 from .info import info
 from .query import match, query
 from .serve import serve
 from .verify import verify
+from .watch import watch
 
 app = typer.Typer(
     add_completion=False,
@@ -29,6 +32,9 @@ app.command()(match)
 app.command("eval")(eval_command)
 app.command()(info)
 app.command()(verify)
+app.command()(export)
+app.command()(duplicates)
+app.command()(watch)
 app.add_typer(dev_app, name="dev")
 app.add_typer(demo_app, name="demo")
 

@@ -22,15 +22,17 @@ from ..store.pathnames import to_stored
 from ..store.shard import META_SCHEMA, ShardData, open_shard_vectors
 from ..store.vector_index import IndexConfig
 from ..store.writer import ERRORS_SCHEMA, IndexWriter, read_errors
-from .changes import ChangePlan, plan_changes, scan_table
+from .changes import ChangePlan, plan_changes, scan_table, under
 from .exclude import ExcludeConfig, ExcludeRules
 from .decode import DecodeOptions, decode_stream, default_workers
 from .failures import FailureList
-from .scan import scan
+from .scan import IMAGE_EXTENSIONS, scan
 from .state import IndexState
 
 if TYPE_CHECKING:
     from ..models.embedder import Embedder
+
+SMALL_RUN = 32  # files to decode below which a run decodes in-process
 
 
 @dataclass(frozen=True)
@@ -90,7 +92,7 @@ def index_folder(
     index_dir = Path(index_dir)
     if not folder.exists():
         raise InputPathError(f"{folder} does not exist; give the folder of photos to index")
-    spec = embedder.spec if embedder is not None else _choose_model(index_dir, config.model)
+    spec = embedder.spec if embedder is not None else choose_model(index_dir, config.model)
     started = time.monotonic()
     report = IndexReport(str(folder), str(index_dir))
     with IndexWriter(index_dir, spec.identity(), spec.dim, config.index) as writer:
@@ -105,22 +107,83 @@ def index_folder(
     return report
 
 
+def index_paths(
+    folder: str | Path,
+    paths: list[str],
+    index_dir: str | Path,
+    config: IndexingConfig = IndexingConfig(),
+    embedder: Embedder | None = None,
+    compact: bool = True,
+) -> IndexReport:
+    """Bring the index up to date with only `paths` under `folder` (files or folders that were
+    created, changed, moved or deleted; `watch` passes what the file system reported). Each path
+    is rescanned as its own root: what exists is indexed as by `index_folder`, what is gone is
+    dropped, in the same commits. `folder`'s exclusion rules apply."""
+    folder = Path(os.path.abspath(os.fspath(folder)))
+    index_dir = Path(index_dir)
+    spec = embedder.spec if embedder is not None else choose_model(index_dir, config.model)
+    started = time.monotonic()
+    report = IndexReport(str(folder), str(index_dir))
+    with IndexWriter(index_dir, spec.identity(), spec.dim, config.index) as writer:
+        run = _Run(writer, spec, config, report, str(folder), embedder, _disjoint(folder, paths))
+        run.execute()
+        if compact:
+            writer.compact_after_run(config.shard_size)
+        report.live = writer.manifest.count
+        report.index_type = writer.manifest.index_type
+        report.warnings = list(writer.warnings)
+    report.seconds = time.monotonic() - started
+    return report
+
+
+def _disjoint(folder: Path, paths: list[str]) -> list[str]:
+    """The paths under `folder`, without those inside another one of them (rescanned anyway)."""
+    root = str(folder)
+    kept: list[str] = []
+    for p in sorted({os.path.abspath(p) for p in paths}):
+        if under(p, root) and not any(under(p, k) for k in kept):
+            kept.append(p)
+    return kept
+
+
+def _target_scan(root: str, target: str, rules: ExcludeRules) -> Any:
+    """What a rescan of one changed path finds: nothing when it is gone or excluded."""
+    if target == root:
+        yield from scan(Path(root), rules)
+    elif rules.excluded_below_root(target):
+        return
+    elif os.path.isdir(target) or (os.path.isfile(target) and os.path.splitext(target)[1].lower() in IMAGE_EXTENSIONS):
+        try:
+            yield from scan(Path(target), rules)
+        except OSError:  # gone between the check and the stat: planned as deleted
+            return
+
+
 def plan_folder(writer: IndexWriter, folder: str, retry_errors: bool = False,
-                exclude: ExcludeConfig = ExcludeConfig()) -> ChangePlan:
-    """Scan `folder` and compare it with the writer's current index (see changes.plan_changes)."""
+                exclude: ExcludeConfig = ExcludeConfig(), target: str | None = None,
+                state: IndexState | None = None) -> ChangePlan:
+    """Scan `folder` (or only `target` below it, with `folder`'s exclusion rules) and compare it
+    with the writer's current index (see changes.plan_changes)."""
+    if state is None:
+        state = _load_state(writer)
+    rules = ExcludeRules(folder, exclude)
+    items = scan(Path(folder), rules) if target is None else _target_scan(folder, target, rules)
+    return plan_changes(scan_table(items), state, target or folder, read_errors(writer.dir, writer.manifest),
+                        retry_errors)
+
+
+def _load_state(writer: IndexWriter) -> IndexState:
     try:
-        state = IndexState.load(writer.dir, writer.manifest)
+        return IndexState.load(writer.dir, writer.manifest)
     except FileNotFoundError as e:
         raise IndexCorruptError(f"{e.filename or e} is missing from the index at {writer.dir}; "
                                 f"run `llm2search verify --index {writer.dir} --repair`") from e
     except (OSError, ValueError, pa.ArrowException) as e:
         raise IndexCorruptError(f"the index at {writer.dir} cannot be read ({reason(e)}); run "
                                 f"`llm2search verify --index {writer.dir} --repair`") from e
-    return plan_changes(scan_table(scan(Path(folder), ExcludeRules(folder, exclude))), state, folder,
-                        read_errors(writer.dir, writer.manifest), retry_errors)
 
 
-def _choose_model(index_dir: Path, requested: str | None) -> ModelSpec:
+def choose_model(index_dir: Path, requested: str | None) -> ModelSpec:
     if index_exists(index_dir):
         return spec_for_index(read_manifest(index_dir).model, requested)
     return resolve_model(requested)
@@ -130,9 +193,10 @@ class _Run:
     """State of one pass over a folder: the plan, and the work not yet committed."""
 
     def __init__(self, writer: IndexWriter, spec: ModelSpec, config: IndexingConfig,
-                 report: IndexReport, root: str, embedder: Any | None):
+                 report: IndexReport, root: str, embedder: Any | None, targets: list[str] | None = None):
         self.writer, self.spec, self.config = writer, spec, config
         self.report, self.root = report, root
+        self.targets = targets  # None: the whole root; else only these paths are rescanned
         self._embedder = embedder
         self.failures = FailureList(read_errors(writer.dir, writer.manifest))
         self.vectors: list[np.ndarray] = []
@@ -161,23 +225,35 @@ class _Run:
         return self._batch_size
 
     def execute(self) -> None:
-        plan = plan_folder(self.writer, self.root, self.config.retry_errors, self.config.exclude)
+        if self.targets is None:
+            self._execute(plan_folder(self.writer, self.root, self.config.retry_errors, self.config.exclude))
+        else:
+            # Disjoint targets: their plans touch different rows, so one loaded state serves all.
+            state = _load_state(self.writer)
+            for target in self.targets:
+                self._execute(plan_folder(self.writer, self.root, self.config.retry_errors,
+                                          self.config.exclude, target, state))
+        self._commit(final=True)
+
+    def _execute(self, plan: ChangePlan) -> None:
         self.plan = plan
-        self.report.scanned, self.report.unchanged = plan.scanned, plan.unchanged
-        self.report.known_bad = plan.known_bad
+        self.report.scanned += plan.scanned
+        self.report.unchanged += plan.unchanged
+        self.report.known_bad += plan.known_bad
         for path, reason in zip(*(plan.problems.column(c).to_pylist() for c in ("path", "reason"))):
             self.failures.record(path, 0, 0, reason)
         if plan.embed.num_rows:
             self._decode_and_embed(plan)
         for shard, rows in plan.deleted.items():
             self.deletions.setdefault(shard, []).append(rows)
-        self.report.deleted = plan.deleted_count
+        self.report.deleted += plan.deleted_count
         self.failures.drop(plan.stale_errors)
-        self._commit(final=True)
 
     def _decode_and_embed(self, plan: ChangePlan) -> None:
         options = DecodeOptions(self.spec.preprocess, self.config.max_pixels)
         workers = default_workers() if self.config.workers is None else self.config.workers
+        if plan.embed.num_rows < SMALL_RUN:
+            workers = 0  # starting worker processes costs more than decoding a few files
         self._workers = workers
         progress = _progress(plan.embed.num_rows, self.config.progress)
         for item in decode_stream(plan.files(), options, workers):

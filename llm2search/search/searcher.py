@@ -493,6 +493,14 @@ class SearchIndex:
             ))
         return hits
 
+    def hits_at(self, owners: np.ndarray, rows: np.ndarray) -> list[Hit]:
+        """Hits (score 0, ranked in order) for parallel arrays of shard positions and rows."""
+        return self._hits(np.zeros(len(rows)), np.asarray(owners, dtype=np.int64), np.asarray(rows, dtype=np.int64))
+
+    def vector_at(self, owner: int, row: int) -> np.ndarray:
+        """The stored unit vector of row `row` of the shard at position `owner`."""
+        return np.asarray(self.shards[owner].vectors[row], dtype=np.float32)
+
     def _locate(self, item_id: str) -> tuple[int, int]:
         """(shard position, row) of a live item id `shard:row`; anything else is not found."""
         name, sep, row_text = str(item_id).rpartition(":")
