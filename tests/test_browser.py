@@ -159,3 +159,92 @@ def test_page_asks_for_the_token_and_then_loads_images(site: SimpleNamespace, pa
     assert len(ids) == 20
     srcs = page.eval_on_selector_all("#grid .card img", "els => els.map(e => e.src)")
     assert all(s.startswith("blob:") for s in srcs)
+
+
+def test_search_state_in_the_url_dates_names_negative_and_back(site: SimpleNamespace, page) -> None:
+    page.goto(site.url + "/")
+    page.select_option("#k", "20")
+    _search(page, "a red car")
+    assert "q=a+red+car" in page.url and "k=20" in page.url
+    dates = page.eval_on_selector_all("#grid .card .date", "els => els.map(e => e.textContent)")
+    assert len(dates) == 20 and all(len(d) == 10 and d[4] == "-" and d[7] == "-" for d in dates)
+    names = page.eval_on_selector_all("#grid .card .name", "els => els.map(e => [e.textContent, e.title])")
+    assert all(title.endswith("/" + text) for text, title in names)  # readable name, full path on hover
+    # The EXIF date of 2019/beach.jpg is on its card.
+    page.click("#toggle-filters")
+    page.fill("#f-folder", str(site.photos / "2019"))
+    page.dispatch_event("#f-folder", "change")
+    page.wait_for_function("document.querySelectorAll('#grid .card').length === 2", timeout=30_000)
+    cards = page.eval_on_selector_all("#grid .card", "cs => cs.map(c => [c.querySelector('.name').textContent,"
+                                      " c.querySelector('.date').textContent])")
+    assert dict(cards) == {"beach.jpg": "2019-07-14", "hike.jpg": "2019-09-01"}
+    page.fill("#f-folder", "")
+    page.dispatch_event("#f-folder", "change")
+    page.wait_for_function("document.querySelectorAll('#grid .card').length === 20", timeout=30_000)
+
+    page.fill("#neg", "blurry")
+    _search(page, "snow on the trees")
+    assert "without “blurry”" in page.inner_text("#status") and "neg=blurry" in page.url
+    page.fill("#neg", "")
+    _search(page, "一群人在徒步")
+    page.go_back()  # Back re-runs the search the URL names, and restores the form
+    _wait_for_results(page, "snow on the trees")
+    assert page.input_value("#q") == "snow on the trees" and page.input_value("#neg") == "blurry"
+    page.go_forward()
+    _wait_for_results(page, "一群人在徒步")
+    bookmarked = page.url
+    fresh = page.context.new_page()
+    fresh.goto(bookmarked)
+    assert len(_wait_for_results(fresh, "一群人在徒步")) == 20
+    fresh.close()
+
+
+def test_drop_or_paste_an_image_to_search_by_it(site: SimpleNamespace, page) -> None:
+    import base64
+
+    page.goto(site.url + "/")
+    target = site.photos / "2023" / "city.jpg"
+    data = base64.b64encode(target.read_bytes()).decode()
+    make_file = ("(b64) => { const bytes = Uint8Array.from(atob(b64), c => c.charCodeAt(0));"
+                 " return new File([bytes], 'city.jpg', { type: 'image/jpeg' }); }")
+    page.evaluate(f"""(b64) => {{ const file = ({make_file})(b64); const dt = new DataTransfer(); dt.items.add(file);
+        document.body.dispatchEvent(new DragEvent('dragenter', {{ dataTransfer: dt, bubbles: true }}));
+        document.body.dispatchEvent(new DragEvent('drop', {{ dataTransfer: dt, bubbles: true, cancelable: true }})); }}""", data)
+    _wait_for_results(page, "image city.jpg")
+    assert page.eval_on_selector("#grid .thumb", "e => e.title") == str(target)
+    assert page.is_hidden("#drop-hint") and page.is_visible("#image-chip")
+    # Text + image with a weight: one combined query.
+    page.fill("#q", "a red car")
+    page.press("#q", "Enter")
+    _wait_for_results(page, "+ “a red car”")
+    page.click("#image-clear")
+    assert page.is_hidden("#image-chip")
+    page.evaluate(f"""(b64) => {{ const file = ({make_file})(b64); const dt = new DataTransfer(); dt.items.add(file);
+        document.dispatchEvent(new ClipboardEvent('paste', {{ clipboardData: dt, bubbles: true, cancelable: true }})); }}""", data)
+    _wait_for_results(page, "image city.jpg")
+    assert page.eval_on_selector("#grid .thumb", "e => e.title") == str(target)
+
+
+def test_api_docs_page_works_offline(site: SimpleNamespace, page, tmp_path: Path) -> None:
+    outside: list[str] = []
+
+    def only_loopback(route) -> None:
+        url = route.request.url
+        if url.startswith(site.url):
+            route.continue_()
+        else:
+            outside.append(url)
+            route.abort()
+
+    page.route("**/*", only_loopback)
+    page.goto(site.url + "/docs")
+    page.wait_for_selector(".swagger-ui .opblock", timeout=30_000)
+    paths = page.eval_on_selector_all(".opblock-summary-path", "els => els.map(e => e.textContent)")
+    assert any("/api/search/text" in p for p in paths)
+    assert outside == []  # nothing fetched from a CDN
+    shot = tmp_path / "docs.png"
+    page.screenshot(path=str(shot))
+    from PIL import Image
+
+    img = np.asarray(Image.open(shot).convert("RGB"))
+    assert img.std() > 10 and len(np.unique(img.reshape(-1, 3) // 16, axis=0)) > 20  # the rendered UI

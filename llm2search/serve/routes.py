@@ -41,6 +41,8 @@ def create_app(service: SearchService, token: str | None = None, limits: Limits 
                     "and images with the index's LLM2CLIP model. Send `Authorization: Bearer TOKEN` "
                     "when the server was started with --token.",
         default_response_class=SafeJSONResponse,
+        docs_url=None,  # FastAPI's own pages load Swagger UI / ReDoc from a CDN; ours are local
+        redoc_url=None,
     )
     install_error_handlers(app)
     api = APIRouter(prefix="/api", dependencies=[Depends(token_check(token))], responses=ERRORS)
@@ -176,7 +178,33 @@ def create_app(service: SearchService, token: str | None = None, limits: Limits 
         return HTMLResponse((WEB_DIR / "index.html").read_text(encoding="utf-8"))
 
     app.mount("/static", StaticFiles(directory=WEB_DIR), name="static")
+    _mount_docs(app)
     return app
+
+
+def _mount_docs(app: FastAPI) -> None:
+    """/docs: Swagger UI from the swagger-ui-bundle package's files, served here, so the API
+    docs work offline; without that package, a page that links the OpenAPI spec."""
+    try:
+        from swagger_ui_bundle import swagger_ui_path
+    except ImportError:
+        swagger_ui_path = None
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> HTMLResponse:
+        if swagger_ui_path is None:
+            return HTMLResponse('<!doctype html><title>llm2search API</title><h1>llm2search API</h1>'
+                                '<p>The OpenAPI spec is at <a href="/openapi.json">/openapi.json</a> '
+                                "(install swagger-ui-bundle-v2 for the interactive page).</p>")
+        from fastapi.openapi.docs import get_swagger_ui_html
+
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="llm2search API",
+                                   swagger_js_url="/docs-assets/swagger-ui-bundle.js",
+                                   swagger_css_url="/docs-assets/swagger-ui.css",
+                                   swagger_favicon_url="/docs-assets/favicon-32x32.png")
+
+    if swagger_ui_path is not None:
+        app.mount("/docs-assets", StaticFiles(directory=str(swagger_ui_path)), name="docs-assets")
 
 
 def _model_name(service: SearchService) -> str:
