@@ -24,3 +24,8 @@ def data_home() -> Path:
 
 def default_index_dir() -> Path:
     return data_home() / "index"
+
+
+def decode_log_path() -> Path:
+    """Where decoder libraries' own warnings (libtiff, ...) are written during indexing."""
+    return data_home() / "logs" / "decode.log"

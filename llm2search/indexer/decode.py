@@ -5,6 +5,9 @@ from __future__ import annotations
 import hashlib
 import multiprocessing as mp
 import os
+import sys
+import tempfile
+import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Iterable, Iterator
@@ -22,6 +25,47 @@ class DecodeOptions:
     preprocess: PreprocessConfig
     max_pixels: int = DEFAULT_MAX_PIXELS
     draft: bool = True
+    log_path: str | None = None  # where decoder libraries' own messages go (libtiff, libjpeg, ...)
+
+
+class _NativeStderr:
+    """C libraries (libtiff above all) print warnings and errors straight to file descriptor 2,
+    around Python. While a file is decoded, fd 2 points at a scratch file; whatever landed there
+    is appended to the log with the file's name, so the terminal shows only llm2search's own
+    output. One scratch file per process, reused."""
+
+    def __init__(self) -> None:
+        self._scratch = tempfile.TemporaryFile()
+
+    def run(self, path: str, log_path: str, job):  # type: ignore[no-untyped-def]
+        sys.stderr.flush()
+        self._scratch.seek(0)
+        self._scratch.truncate()
+        saved = os.dup(2)
+        os.dup2(self._scratch.fileno(), 2)
+        try:
+            return job()
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            self._scratch.seek(0)
+            text = self._scratch.read().decode("utf-8", "replace").strip()
+            if text:
+                _append_log(log_path, path, text)
+
+
+_native: _NativeStderr | None = None
+
+
+def _append_log(log_path: str, path: str, text: str) -> None:
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
+    lines = "".join(f"{stamp} {path}: {line}\n" for line in text.splitlines() if line.strip())
+    try:
+        os.makedirs(os.path.dirname(log_path), exist_ok=True)
+        with open(log_path, "a", encoding="utf-8", errors="replace") as fh:  # O_APPEND: whole lines
+            fh.write(lines)
+    except OSError:
+        pass  # a log that cannot be written must not fail indexing
 
 
 @dataclass
@@ -37,6 +81,15 @@ class Decoded:
 
 
 def decode_file(entry: FileEntry, options: DecodeOptions) -> Decoded:
+    global _native
+    if options.log_path is None:
+        return _decode_file(entry, options)
+    if _native is None:
+        _native = _NativeStderr()
+    return _native.run(entry.path, options.log_path, lambda: _decode_file(entry, options))
+
+
+def _decode_file(entry: FileEntry, options: DecodeOptions) -> Decoded:
     try:
         with open(entry.path, "rb") as fh:
             data = fh.read()

@@ -14,6 +14,7 @@ import numpy as np
 import pyarrow as pa
 
 from ..errors import IndexCorruptError, InputPathError, reason
+from ..paths import decode_log_path
 from ..models.preprocess import DEFAULT_MAX_PIXELS
 from ..models.presets import resolve_model, spec_for_index
 from ..models.spec import ModelSpec
@@ -250,7 +251,7 @@ class _Run:
         self.failures.drop(plan.stale_errors)
 
     def _decode_and_embed(self, plan: ChangePlan) -> None:
-        options = DecodeOptions(self.spec.preprocess, self.config.max_pixels)
+        options = DecodeOptions(self.spec.preprocess, self.config.max_pixels, log_path=str(decode_log_path()))
         workers = default_workers() if self.config.workers is None else self.config.workers
         if plan.embed.num_rows < SMALL_RUN:
             workers = 0  # starting worker processes costs more than decoding a few files
