@@ -15,12 +15,16 @@ def info(
     index: Optional[Path] = index_option(),
     errors: bool = typer.Option(False, "--errors", help="List files that could not be indexed."),
     as_json: bool = typer.Option(False, "--json", help="Print as JSON."),
+    search: bool = typer.Option(False, "--search",
+                                help="Also open the index as a search would here: GPU or CPU search, and why."),
 ) -> None:
     """Counts, shards, index type, model and size on disk."""
     from ..search.info import index_errors, index_info
 
     try:
         data: Any = index_errors(index_dir(index)) if errors else index_info(index_dir(index))
+        if search and not errors:
+            data["search"] = _search_plan(index_dir(index))
     except Llm2SearchError as e:
         fail(e)
     if as_json:
@@ -42,6 +46,19 @@ def info(
             ("size on disk", human_bytes(data["size_bytes"])),
             ("updated", data["updated"]),
         ]
+        if "search" in data:
+            plan = data["search"]
+            lines.append(("search", f"{plan['backend']}{' on ' + plan['device'] if plan['device'] else ''} "
+                                    f"({plan['reason']})"))
         for key, value in lines:
             typer.echo(f"{key:>13}: {printable(str(value))}")
 
+
+
+def _search_plan(index: Path) -> dict[str, Any]:
+    """What `SearchIndex` chooses when it opens this index on this machine (imports torch when
+    an NVIDIA GPU is present, so only with --search)."""
+    from ..search.searcher import SearchIndex
+
+    with SearchIndex(index, embedder=object()) as opened:
+        return opened.search_plan.to_json()

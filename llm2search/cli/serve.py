@@ -20,7 +20,7 @@ def serve(
     model: Optional[str] = typer.Option(None, "--model", help="Only needed when the index's model moved."),
     device: str = typer.Option("auto", "--device", help="Torch device for the models: auto, cpu, cuda, ..."),
     gpu_search: bool = typer.Option(True, "--gpu-search/--cpu-search",
-                                    help="Move shards to the GPU when faiss has GPU support."),
+                                    help="Search on the GPU when torch can use one and the index fits (llm2search info --search)."),
     max_body_mb: int = typer.Option(32, "--max-body-mb", min=1, help="Largest request body (uploads), MiB."),
     max_pixels: int = typer.Option(50_000_000, "--max-pixels", min=1, help="Largest uploaded image, pixels."),
     batching: bool = typer.Option(True, "--batching/--no-batching", hidden=True,

@@ -23,7 +23,8 @@ from ..store.manifest import Manifest, ShardInfo, read_manifest
 from ..store.readers import Lease, pin, same_version
 from ..store.verify import check_sizes
 from ..store.shard import open_shard_index, open_shard_vectors, read_shard_meta, read_tombstones
-from ..store.vector_index import IndexConfig, coarse_quantizer, read_index, set_nprobe, to_gpu_if_available
+from ..store.vector_index import IndexConfig, coarse_quantizer, read_index, set_nprobe
+from .gpu import GpuSearchConfig, SearchPlan, gpu_candidates, plan_search
 
 MAX_K = 10_000
 NO_FILTER = SearchFilter()
@@ -78,12 +79,12 @@ class Hit:
 
 
 class _OpenShard:
-    def __init__(self, index_dir: Path, info: ShardInfo, use_gpu: bool, trained: Any | None):
+    def __init__(self, index_dir: Path, info: ShardInfo, trained: Any | None):
         self.info = info
         # The shared coarse centroids belong to the trained index: keep it alive with the shard.
         self._trained = trained
         index = open_shard_index(index_dir, info, coarse_quantizer(trained) if trained is not None else None)
-        self.index = to_gpu_if_available(index) if use_gpu else index
+        self.index = index  # on the CPU: a GPU copy of the whole version is search/gpu.py's
         self.vectors = open_shard_vectors(index_dir, info)
         if self.vectors.shape[0] != info.count or self.vectors.dtype != np.float16:
             raise ValueError(f"shard {info.name}: vectors.npy holds {self.vectors.dtype} {self.vectors.shape} "
@@ -92,7 +93,7 @@ class _OpenShard:
             raise ValueError(f"shard {info.name}: index.faiss holds {self.index.ntotal} vectors for {info.count} rows")
         self.dead = np.zeros(info.count, dtype=bool)
         self.dead[read_tombstones(index_dir, info)] = True
-        self.ivf = _cpu_ivf(self.index)  # None for Flat and for shards moved to a GPU
+        self.ivf = _cpu_ivf(self.index)  # None for Flat
         self._dir = index_dir
         self._meta: pa.Table | None = None
         self._allowed: OrderedDict[tuple, tuple[np.ndarray, np.ndarray]] = OrderedDict()
@@ -218,13 +219,16 @@ class SearchIndex:
     manager, or call `close`, to let the writer delete files only this version still uses."""
 
     def __init__(self, index_dir: str | Path, model: str | None = None, device: str | None = None,
-                 config: IndexConfig = IndexConfig(), embedder: Any = None, use_gpu: bool = True):
+                 config: IndexConfig = IndexConfig(), embedder: Any = None, use_gpu: bool = True,
+                 gpu: GpuSearchConfig = GpuSearchConfig()):
         self.dir = Path(index_dir)
         self.config = config
         self._model_override = model
         self._device = device
         self._embedder = embedder
         self._use_gpu = use_gpu
+        self._gpu_config = gpu
+        self._gpu: Any = None  # the GPU copy answering unfiltered searches (search/gpu.py), if any
         self._lease: Lease | None = None
         self._release = None  # releases the lease when this object is garbage-collected
         self._open_version()
@@ -241,7 +245,7 @@ class SearchIndex:
                 self.manifest: Manifest = lease.manifest
                 self._trained = self._read_trained()
                 self._quantizer = coarse_quantizer(self._trained) if self._trained is not None else None
-                self.shards = [_OpenShard(self.dir, s, self._use_gpu, self._trained) for s in self.manifest.shards]
+                self.shards = [_OpenShard(self.dir, s, self._trained) for s in self.manifest.shards]
             except FileNotFoundError as e:
                 lease.close()
                 if attempt == 2 or lease.held:
@@ -261,6 +265,10 @@ class SearchIndex:
             for s in self.shards:
                 set_nprobe(s.index, self.config.nprobe)
             self._by_name = {s.info.name: i for i, s in enumerate(self.shards)}
+            self._close_gpu()  # a refresh: free the old copy first, so the new one can fit
+            self.search_plan: SearchPlan
+            self.search_plan, self._gpu = plan_search(self.manifest, self.shards, self._trained, self.config.nprobe,
+                                                      self._use_gpu, self._gpu_config)
             self._lease = lease
             self._release = weakref.finalize(self, lease.close)
             return
@@ -295,6 +303,12 @@ class SearchIndex:
             self._release()
         self._lease = None
         self.shards = []
+        self._close_gpu()
+
+    def _close_gpu(self) -> None:
+        if self._gpu is not None:
+            self._gpu.close()
+            self._gpu = None
 
     @property
     def closed(self) -> bool:
@@ -381,6 +395,10 @@ class SearchIndex:
         if not live:
             return np.full((n, 0), -np.inf, np.float32), np.zeros((n, 0), np.int64), np.full((n, 0), -1, np.int64)
         depth = self._rerank_depth(k)
+        if self._gpu is not None:
+            found = gpu_candidates(self._gpu, self.search_plan, queries, k, depth)
+            if found is not None:
+                return found
         coarse = None if self.manifest.index_type == "flat" else self._coarse(queries)
         found = [self.shards[i].nearest(queries, depth, coarse) for i in live]
         estimate = np.concatenate([f[0] for f in found], axis=1)

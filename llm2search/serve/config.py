@@ -13,7 +13,7 @@ class ServiceConfig:
     index_dir: Path
     model: str | None = None  # only needed when the index's model moved
     device: str | None = None  # torch device for the models: auto, cpu, cuda, ...
-    use_gpu: bool = True  # move shards to the GPU when faiss has GPU support and sees a GPU
+    use_gpu: bool = True  # search on the GPU when one is usable and the index fits (search/gpu.py)
     max_pixels: int = 50_000_000  # largest uploaded image, in pixels
     reload_seconds: float = 1.0  # how often the manifest is checked for a new index version
     batching: bool = True  # embed requests that queue up together (False: one model call each)

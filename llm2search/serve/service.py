@@ -232,6 +232,7 @@ class SearchService:
     def info(self) -> dict[str, Any]:
         with self._use() as index:
             data = index_info(index.dir)
+            data["search"] = index.search_plan.to_json()  # GPU or CPU, chosen when this version opened
         data["max_pixels"] = self.config.max_pixels
         return data
 

@@ -153,18 +153,3 @@ def set_nprobe(index: Any, nprobe: int) -> None:
     ivf = faiss.try_extract_index_ivf(index)
     if ivf is not None:
         ivf.nprobe = min(nprobe, ivf.nlist)
-
-
-def to_gpu_if_available(index: Any) -> Any:
-    """Move an index to the GPU when faiss was built with GPU support and one is present."""
-    import faiss
-
-    if not hasattr(faiss, "StandardGpuResources") or faiss.get_num_gpus() == 0:
-        return index
-    resources = faiss.StandardGpuResources()
-    options = faiss.GpuClonerOptions()
-    options.useFloat16 = True
-    try:
-        return faiss.index_cpu_to_gpu(resources, 0, index, options)
-    except RuntimeError:  # fast-scan PQ has no GPU version: keep that shard on the CPU
-        return index
