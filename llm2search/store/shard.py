@@ -10,19 +10,22 @@ import shutil
 import uuid
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .columns import array as column_array
 from .atomic import fsync_dir, fsync_file, write_atomic
 from .manifest import SHARDS, ShardInfo
+from .vector_file import VectorReader, VectorWriter
 from .vector_index import build_shard_index, read_shard_index, write_shard_index
 
 INDEX_FILE = "index.faiss"
 META_FILE = "meta.parquet"
 VECTORS_FILE = "vectors.npy"
+META_BATCH_ROWS = 65_536  # metadata rows read per step of a merge
 
 META_SCHEMA = pa.schema([
     ("path", pa.string()),  # absolute path (surrogate-escaped if the name is not UTF-8)
@@ -61,40 +64,64 @@ def new_shard_name(seq: int) -> str:
 
 def write_shard(index_dir: Path, name: str, data: ShardData, trained: Any | None) -> ShardInfo:
     """Build the shard in `shards/.tmp-<name>`, fsync every file, rename to `shards/<name>`."""
-    shards = Path(index_dir) / SHARDS
-    shards.mkdir(parents=True, exist_ok=True)
-    tmp = shards / f".tmp-{name}"
-    final = shards / name
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    tmp = _fresh_tmp(index_dir, name)
     vectors16 = np.ascontiguousarray(data.vectors, dtype=np.float16)
     np.save(tmp / VECTORS_FILE, vectors16)
     # The index is built from the stored float16 values so re-rank and index agree exactly.
     write_shard_index(build_shard_index(vectors16, trained), tmp / INDEX_FILE)
     pq.write_table(conform_meta(data.meta), tmp / META_FILE, compression="zstd")
-    files, sizes = {}, {}
-    for f in (INDEX_FILE, META_FILE, VECTORS_FILE):
-        fsync_file(tmp / f)
-        files[f] = sha256_file(tmp / f)
-        sizes[f] = (tmp / f).stat().st_size
-    fsync_dir(tmp)
-    os.replace(tmp, final)
-    fsync_dir(shards)
-    return ShardInfo(name=name, count=len(vectors16), files=files, sizes=sizes)
+    return _publish(index_dir, tmp, name, len(vectors16))
+
+
+def merge_shards(index_dir: Path, name: str, parts: list[tuple[ShardInfo, np.ndarray]], dim: int,
+                 trained: Any | None) -> ShardInfo:
+    """One new shard holding rows `keep` (sorted) of each (shard, keep) part, in order. It is
+    streamed: vectors are read and written a chunk at a time and added to the new index as
+    they pass (store/vector_file.py), metadata a Parquet batch at a time, so the process holds
+    one chunk and the new index's codes, never the shards' vectors."""
+    tmp = _fresh_tmp(index_dir, name)
+    total = int(sum(len(keep) for _, keep in parts))
+    out = VectorWriter(tmp / VECTORS_FILE, total, dim)
+
+    def chunks() -> Iterator[np.ndarray]:
+        for shard, keep in parts:
+            with VectorReader(shard_dir(index_dir, shard.name) / VECTORS_FILE) as reader:
+                for chunk in reader.chunks(keep):
+                    out.write(chunk)
+                    yield chunk
+
+    try:
+        index = build_shard_index(chunks(), trained, dim)
+    except BaseException:
+        out.abort()
+        raise
+    out.close()
+    write_shard_index(index, tmp / INDEX_FILE)
+    del index
+    with pq.ParquetWriter(tmp / META_FILE, META_SCHEMA, compression="zstd") as writer:
+        for shard, keep in parts:
+            with pq.ParquetFile(shard_dir(index_dir, shard.name) / META_FILE) as f:
+                start = 0
+                for batch in f.iter_batches(batch_size=META_BATCH_ROWS):
+                    lo, hi = np.searchsorted(keep, [start, start + batch.num_rows])
+                    if hi > lo:
+                        rows = column_array(keep[lo:hi] - start, pa.int64())
+                        writer.write_table(conform_meta(pa.Table.from_batches([batch.take(rows)])))
+                    start += batch.num_rows
+    return _publish(index_dir, tmp, name, total)
 
 
 def reindex_shard(index_dir: Path, old: ShardInfo, new_name: str, trained: Any | None) -> ShardInfo:
     """Same rows under a new name with an index built from the stored vectors (after training a
-    new quantizer). Metadata and vectors are hard-linked, so nothing is re-embedded or copied."""
+    new quantizer). Metadata and vectors are hard-linked, so nothing is re-embedded or copied;
+    the vectors are read a chunk at a time (store/vector_file.py)."""
     src = shard_dir(index_dir, old.name)
     shards = Path(index_dir) / SHARDS
-    tmp = shards / f".tmp-{new_name}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    tmp = _fresh_tmp(index_dir, new_name)
     for f in (META_FILE, VECTORS_FILE):
         _link_or_copy(src / f, tmp / f)
-    vectors = np.load(src / VECTORS_FILE, mmap_mode="r")
-    write_shard_index(build_shard_index(vectors, trained), tmp / INDEX_FILE)
+    with VectorReader(src / VECTORS_FILE) as reader:
+        write_shard_index(build_shard_index(reader.chunks(), trained, reader.dim), tmp / INDEX_FILE)
     fsync_file(tmp / INDEX_FILE)
     files = dict(old.files, **{INDEX_FILE: sha256_file(tmp / INDEX_FILE)})
     sizes = {f: (tmp / f).stat().st_size for f in (INDEX_FILE, META_FILE, VECTORS_FILE)}
@@ -105,6 +132,29 @@ def reindex_shard(index_dir: Path, old: ShardInfo, new_name: str, trained: Any |
     os.replace(tmp, shards / new_name)
     fsync_dir(shards)
     return replace(old, name=new_name, files=files, sizes=sizes)
+
+
+def _fresh_tmp(index_dir: Path, name: str) -> Path:
+    shards = Path(index_dir) / SHARDS
+    shards.mkdir(parents=True, exist_ok=True)
+    tmp = shards / f".tmp-{name}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    return tmp
+
+
+def _publish(index_dir: Path, tmp: Path, name: str, count: int) -> ShardInfo:
+    """fsync the shard's files, record their sha256 and sizes, rename it into place."""
+    shards = Path(index_dir) / SHARDS
+    files, sizes = {}, {}
+    for f in (INDEX_FILE, META_FILE, VECTORS_FILE):
+        fsync_file(tmp / f)
+        files[f] = sha256_file(tmp / f)
+        sizes[f] = (tmp / f).stat().st_size
+    fsync_dir(tmp)
+    os.replace(tmp, shards / name)
+    fsync_dir(shards)
+    return ShardInfo(name=name, count=count, files=files, sizes=sizes)
 
 
 def write_tombstones(index_dir: Path, shard: ShardInfo, rows: np.ndarray) -> ShardInfo:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 
@@ -25,6 +25,9 @@ RETRAIN_GROWTH = 4.0  # retrain once the collection is this many times the train
 # 8 B/row of ids: 2.5 MB at 2048 lists; bench/search.py measured 28 B/vector of padding and
 # headers for 5 shards of 100k, 5.3 for one of 500k. 500k rows is 1.2 GB of float16 to rewrite.
 IVF_SHARD_ROWS = 500_000
+# ... and at least this many rows per list, so the padding stays ~15.5 x 80 / 256 = 4.8 B/vector
+# whatever nlist is (DESIGN §7): 2.1M rows at 8,192 lists, 16.8M at 65,536.
+SHARD_ROWS_PER_LIST = 256
 ADD_CHUNK_ROWS = 16_384  # rows converted to float32 per faiss add: 84 MB at 1280-d
 
 
@@ -38,13 +41,36 @@ class IndexConfig:
     rerank_factor: int = 15  # IVF-PQ: the rerank_factor x k best PQ estimates over all shards
     # are re-ranked exactly on the float16 vectors (filtered searches: that many per shard)
     retrain_growth: float = RETRAIN_GROWTH
-    ivf_shard_rows: int = IVF_SHARD_ROWS  # IVF-PQ shards are merged up to this many rows
+    ivf_shard_rows: int | None = None  # IVF-PQ shards are merged up to this many rows (None:
+    # shard_rows_for(nlist): IVF_SHARD_ROWS, or SHARD_ROWS_PER_LIST x nlist when that is more)
+
+    def shard_rows(self, nlist: int) -> int:
+        """Rows an IVF-PQ shard with `nlist` lists is merged up to."""
+        return self.ivf_shard_rows or shard_rows_for(nlist)
 
 
 def choose_nlist(n: int) -> int:
     """~4 sqrt(N) lists rounded down to a power of two: 2048 at 500k, 256 floor, 65536 cap."""
     target = 4 * math.sqrt(max(n, 1))
     return int(min(65536, max(256, 2 ** math.floor(math.log2(target)))))
+
+
+def shard_rows_for(nlist: int) -> int:
+    return max(IVF_SHARD_ROWS, SHARD_ROWS_PER_LIST * nlist)
+
+
+def factory_nlist(factory: str) -> int:
+    """nlist of an `IVF{nlist},...` factory string (0 for anything else)."""
+    head = factory.split(",", 1)[0]
+    digits = head[3:].split("_", 1)[0] if head.startswith("IVF") else ""
+    return int(digits) if digits.isdigit() else 0
+
+
+def index_nlist(index: Any) -> int:
+    import faiss
+
+    ivf = faiss.try_extract_index_ivf(index)
+    return int(ivf.nlist) if ivf is not None else 0
 
 
 def ivfpq_factory(dim: int, nlist: int) -> str:
@@ -60,28 +86,60 @@ def new_flat(dim: int) -> Any:
     return faiss.IndexFlatIP(dim)
 
 
-def train_ivfpq(sample: np.ndarray, nlist: int, seed: int = 1234) -> tuple[Any, str]:
-    """Train the shared (empty) IVF-PQ on a sample of unit vectors; returns (index, factory)."""
+def train_ivfpq(sample: np.ndarray | Path, nlist: int, seed: int = 1234) -> tuple[Any, str]:
+    """Train the shared (empty) IVF-PQ on a sample of unit vectors; returns (index, factory).
+    `sample` is an array, or a float16 .npy file that the coarse k-means streams from disk on
+    every iteration (store/kmeans.py), so training holds the centroids and one chunk, not the
+    sample. The PQ codebooks are trained on the few thousand points faiss uses for them."""
     import faiss
 
-    dim = sample.shape[1]
-    nlist = min(nlist, max(1, len(sample) // 39))
+    from .kmeans import spherical_kmeans
+    from .vector_file import CHUNK_ROWS, VectorReader
+
+    if isinstance(sample, np.ndarray):
+        n, dim = sample.shape
+        chunks: Any = lambda: (sample[i:i + CHUNK_ROWS] for i in range(0, n, CHUNK_ROWS))  # noqa: E731
+        take: Any = lambda rows: np.asarray(sample[rows])  # noqa: E731
+    else:
+        with VectorReader(sample) as reader:
+            n, dim = reader.rows, reader.dim
+
+        def chunks() -> Any:
+            with VectorReader(sample) as r:
+                yield from r.chunks()
+
+        def take(rows: np.ndarray) -> np.ndarray:
+            with VectorReader(sample) as r:
+                return r.take(rows)
+
+    nlist = min(nlist, max(1, n // 39))
     factory = ivfpq_factory(dim, nlist)
     index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
     ivf = faiss.extract_index_ivf(index)
-    ivf.cp.seed = seed
-    index.train(np.ascontiguousarray(sample, dtype=np.float32))
+    rng = np.random.default_rng(seed)
+    init = take(np.sort(rng.choice(n, nlist, replace=False)))
+    centroids = spherical_kmeans(chunks, init, seed=seed)
+    ivf.quantizer.add(centroids)  # a trained quantizer with nlist entries: faiss keeps it
+    pq_rows = np.sort(rng.choice(n, min(n, max(ivf.train_encoder_num_vectors(), 1)), replace=False))
+    index.train(np.ascontiguousarray(take(pq_rows), dtype=np.float32))
     return index, factory
 
 
-def build_shard_index(vectors: np.ndarray, trained: Any | None) -> Any:
+def build_shard_index(vectors: np.ndarray | Iterable[np.ndarray], trained: Any | None,
+                      dim: int | None = None) -> Any:
     """A shard's index over `vectors` (ids = row numbers): a copy of the trained IVF-PQ, or Flat.
-    `vectors` may be float16 or memory-mapped: rows are converted to float32 a chunk at a time."""
+    `vectors` is an array (float16 or float32) or an iterable of row chunks in order (a merge
+    streaming from disk, with `dim`); rows go to faiss as float32 a chunk at a time."""
     import faiss
 
-    index = faiss.clone_index(trained) if trained is not None else new_flat(vectors.shape[1])
-    for start in range(0, len(vectors), ADD_CHUNK_ROWS):
-        index.add(np.ascontiguousarray(vectors[start:start + ADD_CHUNK_ROWS], dtype=np.float32))
+    chunks: Iterable[np.ndarray] = vectors
+    if isinstance(vectors, np.ndarray):
+        dim, array = vectors.shape[1], vectors
+        chunks = (array[i:i + ADD_CHUNK_ROWS] for i in range(0, len(array), ADD_CHUNK_ROWS))
+    index = faiss.clone_index(trained) if trained is not None else new_flat(int(dim))  # type: ignore[arg-type]
+    for chunk in chunks:
+        for start in range(0, len(chunk), ADD_CHUNK_ROWS):
+            index.add(np.ascontiguousarray(chunk[start:start + ADD_CHUNK_ROWS], dtype=np.float32))
     return index
 
 

@@ -13,6 +13,7 @@ import numpy as np
 from ..errors import ShardCorruptError
 from .manifest import SHARDS, Manifest, ShardInfo, read_manifest
 from .shard import INDEX_FILE, META_FILE, VECTORS_FILE, read_tombstones, sha256_file
+from .vector_file import VectorReader
 
 FINITE_CHUNK_ROWS = 65_536  # rows of float16 vectors checked per step (160 MB at 1280-d)
 
@@ -153,9 +154,11 @@ def _check_structure(folder: Path, shard: ShardInfo, dim: int, index_dir: Path,
             vectors = np.load(folder / VECTORS_FILE, mmap_mode="r", allow_pickle=False)
             if vectors.shape != (shard.count, dim) or vectors.dtype != np.float16:
                 return f"holds {vectors.dtype} {vectors.shape}, not float16 ({shard.count}, {dim})"
-            for start in range(0, shard.count, FINITE_CHUNK_ROWS):
-                if not np.isfinite(vectors[start:start + FINITE_CHUNK_ROWS]).all():
-                    return "holds NaN or infinite values"
+            del vectors  # the header only: reading through the map would count in RSS (vector_file.py)
+            with VectorReader(folder / VECTORS_FILE) as reader:
+                for chunk in reader.chunks(chunk_rows=FINITE_CHUNK_ROWS):
+                    if not np.isfinite(chunk).all():
+                        return "holds NaN or infinite values"
         elif name == META_FILE:
             rows = pq.read_metadata(folder / META_FILE).num_rows
             if rows != shard.count:

@@ -23,11 +23,14 @@ from .manifest import (
     ERRORS, ERRORS_PREFIX, SHARDS, TRAINED, TRAINED_PREFIX, Manifest, ShardInfo, commit_manifest, index_exists, read_manifest,
 )
 from .shard import (
-    ShardData, new_shard_name, open_shard_vectors, read_shard_meta, read_tombstones, reindex_shard,
-    sha256_file,
-    write_shard, write_tombstones,
+    VECTORS_FILE, ShardData, merge_shards, new_shard_name, read_tombstones, reindex_shard, shard_dir,
+    sha256_file, write_shard, write_tombstones,
 )
-from .vector_index import MIN_TRAIN_POINTS, IndexConfig, choose_nlist, read_index, train_ivfpq, write_index
+from .vector_file import CHUNK_ROWS, VectorReader, VectorWriter
+from .vector_index import (
+    MIN_TRAIN_POINTS, TRAIN_POINTS_PER_LIST, IndexConfig, choose_nlist, factory_nlist, index_nlist, read_index,
+    train_ivfpq, write_index,
+)
 
 ERRORS_SCHEMA = pa.schema([
     ("path", pa.string()),
@@ -135,8 +138,11 @@ class IndexWriter:
         for shard in m.shards:  # retraining rewrites every shard: refuse if one is damaged
             self._require_intact(shard)
         nlist = self.config.nlist or choose_nlist(n)
-        sample = self._sample_vectors(nlist * 64)
-        trained, factory = train_ivfpq(sample, nlist)
+        sample = self._write_sample(nlist * TRAIN_POINTS_PER_LIST)
+        try:
+            trained, factory = train_ivfpq(sample, nlist)
+        finally:
+            sample.unlink(missing_ok=True)
         # Content-named, so the manifest commit alone decides which quantizer is current.
         tmp = self.dir / f".{TRAINED}.tmp-{os.getpid()}"
         write_atomic(tmp, lambda path: write_index(trained, path))
@@ -159,7 +165,7 @@ class IndexWriter:
         ivf_shard_rows, since each IVF-PQ shard pays a fixed fast-scan padding; a shard that
         stays alone keeps its metadata and vectors (hard links) and gets a new index only."""
         out = []
-        for group in _pack(shards, self.config.ivf_shard_rows):
+        for group in _pack(shards, self.config.shard_rows(index_nlist(trained))):
             if len(group) == 1:
                 out.append(self._written(reindex_shard(self.dir, group[0], self._next_name(), trained)))
             else:
@@ -170,7 +176,8 @@ class IndexWriter:
         """The compaction every indexing run ends with: shards under a quarter of `shard_size`
         are merged, up to `shard_size` rows when Flat and up to ivf_shard_rows when IVF-PQ
         (each IVF-PQ shard pays a fixed fast-scan padding, see vector_index.IVF_SHARD_ROWS)."""
-        merged_rows = self.config.ivf_shard_rows if self.manifest.index_type == "ivfpq" else shard_size
+        m = self.manifest
+        merged_rows = self.config.shard_rows(factory_nlist(m.factory)) if m.index_type == "ivfpq" else shard_size
         return self.compact(min_rows=max(1, shard_size // 4), max_rows=max(shard_size, merged_rows))
 
     def compact(self, min_rows: int, max_rows: int) -> bool:
@@ -187,19 +194,13 @@ class IndexWriter:
         return True
 
     def _merge(self, group: list[ShardInfo], trained: Any | None) -> ShardInfo:
-        """One new shard holding the live rows of `group`, in order. The float16 vectors are
-        copied once, into the merged array (1.2 GB for 500k rows of 1280-d), not once per part
-        and again by a concatenation."""
+        """One new shard holding the live rows of `group`, in order, streamed a chunk at a time
+        (shard.merge_shards): the peak RSS holds one chunk and the new index, never the
+        group's vectors (2.6 GB per million rows of 1280-d)."""
         for s in group:
             self._require_intact(s)
-        keeps = [np.setdiff1d(np.arange(s.count), read_tombstones(self.dir, s)) for s in group]
-        vectors = np.empty((sum(len(k) for k in keeps), self.manifest.dim), dtype=np.float16)
-        metas, at = [], 0
-        for s, keep in zip(group, keeps):
-            np.take(open_shard_vectors(self.dir, s), keep, axis=0, out=vectors[at:at + len(keep)])
-            metas.append(read_shard_meta(self.dir, s).take(keep))
-            at += len(keep)
-        return self._written(write_shard(self.dir, self._next_name(), ShardData(vectors, pa.concat_tables(metas)), trained))
+        parts = [(s, np.setdiff1d(np.arange(s.count), read_tombstones(self.dir, s))) for s in group]
+        return self._written(merge_shards(self.dir, self._next_name(), parts, self.manifest.dim, trained))
 
     # -- checksums: no row is copied out of a shard whose files changed since they were written --
     def _require_intact(self, shard: ShardInfo) -> None:
@@ -242,17 +243,30 @@ class IndexWriter:
             self._trained = read_index(self.dir / self.manifest.trained["file"], mmap=False)  # type: ignore[index]
         return self._trained
 
-    def _sample_vectors(self, n: int, seed: int = 0) -> np.ndarray:
+    def _write_sample(self, n: int, seed: int = 0) -> Path:
+        """About `n` live vectors drawn uniformly from every shard, read row by row (no memory
+        map, see vector_file.py) into a float16 file that training streams from; the caller
+        deletes it. A crash leaves it as `.train.tmp-<pid>.npy`, which the next writer removes."""
         rng = np.random.default_rng(seed)
-        total = self.manifest.count
-        fraction = min(1.0, n / max(total, 1))
-        parts = []
+        fraction = min(1.0, n / max(self.manifest.count, 1))
+        picks = []
         for s in self.manifest.shards:
             live = np.setdiff1d(np.arange(s.count), read_tombstones(self.dir, s))
             take = live if fraction >= 1 else rng.choice(live, size=int(round(len(live) * fraction)), replace=False)
-            if len(take):
-                parts.append(np.asarray(open_shard_vectors(self.dir, s))[np.sort(take)].astype(np.float32))
-        return np.concatenate(parts)
+            picks.append((s, np.sort(take)))
+        path = self.dir / f".train.tmp-{os.getpid()}.npy"
+        out = VectorWriter(path, int(sum(len(t) for _, t in picks)), self.manifest.dim)
+        try:
+            for s, take in picks:
+                with VectorReader(shard_dir(self.dir, s.name) / VECTORS_FILE) as reader:
+                    for start in range(0, len(take), CHUNK_ROWS):
+                        out.write(reader.take(take[start:start + CHUNK_ROWS]))
+        except BaseException:
+            out.abort()
+            path.unlink(missing_ok=True)
+            raise
+        out.close()
+        return path
 
     def _write_errors(self, errors: pa.Table) -> dict[str, Any]:
         """The manifest fields naming a new error list (none when it is empty)."""
