@@ -193,6 +193,7 @@ def bench_ours(data: Data, gt: np.ndarray, work: Path, cfg: Any, n_single: int,
     from llm2search.indexer.pipeline import IndexingConfig
     from llm2search.store.shard import META_SCHEMA, ShardData
     from llm2search.store.writer import IndexWriter
+    from llm2search.store import vector_index
 
     store = work / "store"
     shutil.rmtree(store, ignore_errors=True)
@@ -225,7 +226,7 @@ def bench_ours(data: Data, gt: np.ndarray, work: Path, cfg: Any, n_single: int,
     row.notes += [
         f"nprobe {cfg.nprobe}; exact re-rank of the best {cfg.rerank_factor} x k candidates by PQ "
         f"estimate over all {len(searcher.shards)} shard(s) ({manifest.count:,} rows committed as "
-        f"shards of {shard_size:,}, merged up to {cfg.ivf_shard_rows or "shard_rows_for(nlist)"} rows when trained), on float16 "
+        f"shards of {shard_size:,}, merged up to {cfg.shard_rows(vector_index.factory_nlist(manifest.factory)):,} rows when trained), on float16 "
         "vectors read from the memory-mapped files",
         f"batch: SearchIndex.search_vectors, metadata join included; without the join (the "
         f"searcher's _top_rows) {rows_qps:,.0f} q/s",
