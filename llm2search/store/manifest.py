@@ -30,6 +30,8 @@ TRAINED_NAME = re.compile(r"trained(-[0-9a-f]{16})?\.faiss")
 SHARD_FILES = ("index.faiss", "meta.parquet", "vectors.npy")
 ERRORS_NAME = re.compile(r"errors(-[0-9a-f]{16})?\.parquet")
 SHA256 = re.compile(r"[0-9a-f]{64}")
+JOB_ID = re.compile(r"[0-9a-f]{16}")  # a distributed run's folder under jobs/ (store/jobs.py)
+JOB_STATE_NAME = re.compile(r"state-[0-9a-f]{16}\.json")
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,9 @@ class Manifest:
     errors_sha256: str | None = None  # with its size; None in older manifests
     errors_size: int | None = None
     roots: tuple[str, ...] = ()  # canonical folders indexed into it (files are served from these)
+    # An unfinished distributed run: {"id", "file", "sha256", "size"} of its state file
+    # (store/jobs.py). Absent in older manifests, and dropped by every commit that does not name it.
+    job: dict[str, Any] | None = None
     created: str = field(default_factory=lambda: _now())
     updated: str = field(default_factory=lambda: _now())
     generation: int = 0  # bumped on every commit
@@ -118,6 +123,9 @@ class Manifest:
         _want(d, "roots", list)
         if not all(isinstance(r, str) for r in d.get("roots") or ()):
             raise ValueError("roots holds something that is not a path")
+        _want(d, "job", dict)
+        if d.get("job") is not None:
+            _check_job(d["job"])
         _want(d, "shards", list)
         shards = tuple(_shard_from_json(i, s) for i, s in enumerate(d.get("shards") or ()))
         if len({s.name for s in shards}) != len(shards):
@@ -135,6 +143,16 @@ def _want(d: dict[str, Any], key: str, kind: type, required: bool = False) -> No
         return
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         raise ValueError(f"{key} is {type(value).__name__}, not {kind.__name__}")
+
+
+def _check_job(job: dict[str, Any]) -> None:
+    if not isinstance(job.get("id"), str) or not JOB_ID.fullmatch(job["id"]):
+        raise ValueError(f"job.id is {job.get('id')!r}")
+    if not isinstance(job.get("file"), str) or not JOB_STATE_NAME.fullmatch(job["file"]):
+        raise ValueError(f"job.file is {job.get('file')!r}")
+    if not isinstance(job.get("sha256"), str) or not SHA256.fullmatch(job["sha256"]):
+        raise ValueError("job.sha256 is not a sha256")
+    _want(job, "size", int)
 
 
 def _shard_from_json(i: int, s: Any) -> ShardInfo:
@@ -194,9 +212,11 @@ def read_manifest(index_dir: Path) -> Manifest:
         ) from e
 
 
-def commit_manifest(index_dir: Path, manifest: Manifest) -> Manifest:
-    """Atomically publish `manifest`; returns it with its new generation and time."""
-    committed = replace(manifest, generation=manifest.generation + 1, updated=_now())
+def commit_manifest(index_dir: Path, manifest: Manifest, keep_job: bool = False) -> Manifest:
+    """Atomically publish `manifest`; returns it with its new generation and time. An unfinished
+    distributed run survives only commits that say so (`keep_job`): any other change ends it."""
+    committed = replace(manifest, generation=manifest.generation + 1, updated=_now(),
+                        job=manifest.job if keep_job else None)
     write_json_atomic(manifest_path(index_dir), committed.to_json())
     return committed
 

@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 
 from .columns import array as column_array
 from .atomic import fsync_dir, fsync_file, write_atomic
-from .manifest import SHARDS, ShardInfo
+from .manifest import SHARD_NAME, SHARDS, ShardInfo
 from .vector_file import VectorReader, VectorWriter
 from .vector_index import build_shard_index, read_shard_index, write_shard_index
 
@@ -58,8 +58,59 @@ class ShardData:
     meta: pa.Table  # META_SCHEMA, one row per vector, same order
 
 
+@dataclass(frozen=True)
+class StagedShard:
+    """A shard written by some process (a distributed run's worker) under a name of its own
+    attempt. It is garbage, deleted by the next garbage collection, until a manifest commit
+    names it (IndexWriter.commit with `staged`)."""
+
+    info: ShardInfo
+    trained: str | None  # the trained quantizer file its index copies (None: Flat)
+
+
 def new_shard_name(seq: int) -> str:
+    """`seq` orders shards; the random part makes every attempt's name its own, so two attempts
+    at the same work (a retried task) never write into each other's files."""
     return f"{seq:06d}-{uuid.uuid4().hex[:8]}"
+
+
+def stage_shard(index_dir: Path, seq: int, data: ShardData, trained_file: str | None) -> StagedShard:
+    """Write a complete shard under a fresh per-attempt name, from any process that sees the
+    index directory; `trained_file` is the manifest's trained quantizer (None for Flat)."""
+    trained = _trained_index(Path(index_dir) / trained_file) if trained_file else None
+    return StagedShard(write_shard(index_dir, new_shard_name(seq), data, trained), trained_file)
+
+
+def check_staged(index_dir: Path, staged: StagedShard, trained_file: str | None) -> None:
+    """Before a commit adopts a staged shard: it exists whole (every file of its recorded size)
+    and was built with the index's current quantizer. ValueError otherwise."""
+    info = staged.info
+    if not SHARD_NAME.fullmatch(info.name):
+        raise ValueError(f"staged shard name {info.name!r} is not a shard name")
+    if staged.trained != trained_file:
+        raise ValueError(f"staged shard {info.name} was built for quantizer {staged.trained!r}, the index "
+                         f"uses {trained_file!r}")
+    folder = shard_dir(index_dir, info.name)
+    for name, size in info.sizes.items():
+        try:
+            actual = (folder / name).stat().st_size
+        except OSError as e:
+            raise ValueError(f"staged shard {info.name} lacks {name} ({e.strerror or e})") from e
+        if actual != size:
+            raise ValueError(f"staged shard {info.name}: {name} is {actual} bytes, {size} were written")
+
+
+_trained_cache: dict[str, Any] = {}
+
+
+def _trained_index(path: Path) -> Any:
+    """One copy of a trained quantizer per process (content-named files never change)."""
+    key = str(path)
+    if key not in _trained_cache:
+        from .vector_index import read_index
+
+        _trained_cache[key] = read_index(path, mmap=False)
+    return _trained_cache[key]
 
 
 def write_shard(index_dir: Path, name: str, data: ShardData, trained: Any | None) -> ShardInfo:

@@ -7,7 +7,7 @@ import os
 import shutil
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -17,13 +17,14 @@ from ..errors import IndexCorruptError, IndexLockedError, ModelMismatchError, Sh
 from ..models.spec import identities_match
 from .atomic import write_atomic
 from .columns import empty_table
+from .jobs import JOBS, JobState, read_state, write_state, write_units
 from .readers import live_pins
 from .verify import require_intact
 from .manifest import (
     ERRORS, ERRORS_PREFIX, SHARDS, TRAINED, TRAINED_PREFIX, Manifest, ShardInfo, commit_manifest, index_exists, read_manifest,
 )
 from .shard import (
-    VECTORS_FILE, ShardData, merge_shards, new_shard_name, read_tombstones, reindex_shard, shard_dir,
+    VECTORS_FILE, ShardData, StagedShard, check_staged, merge_shards, new_shard_name, read_tombstones, reindex_shard, shard_dir,
     sha256_file, write_shard, write_tombstones,
 )
 from .vector_file import CHUNK_ROWS, VectorReader, VectorWriter
@@ -87,7 +88,19 @@ class IndexWriter:
         self._intact: set[str] = set()  # shards checked (or written) by this writer
         self.warnings: list[str] = []  # what the run should tell the user (damaged shards left alone)
         self._seq = 1 + max((int(s.name.split("-")[0]) for s in self.manifest.shards), default=0)
+        self._job: JobState | None = None
+        if self.manifest.job is not None:
+            try:
+                self._job = read_state(self.dir, self.manifest.job)
+                self._seq = max(self._seq, self._job.first_seq + self._job.units)
+            except IndexCorruptError as e:  # the run cannot resume; this writer's first commit ends it
+                self.warnings.append(str(e))
         collect_garbage(self.dir, self.manifest)
+
+    @property
+    def job(self) -> JobState | None:
+        """The unfinished distributed run the current manifest names (store/jobs.py), if any."""
+        return self._job if self.manifest.job is not None else None
 
     def __enter__(self) -> "IndexWriter":
         return self
@@ -103,9 +116,30 @@ class IndexWriter:
     # -- commits -------------------------------------------------------------------------
     def commit(self, new_shard: ShardData | None = None,
                deletions: dict[str, np.ndarray] | None = None,
-               errors: pa.Table | None = None) -> Manifest:
-        """Publish a new shard, tombstones and the error list together, in one manifest commit."""
+               errors: pa.Table | None = None,
+               staged: Sequence[StagedShard] = (),
+               units_done: Iterable[int] = ()) -> Manifest:
+        """Publish a new shard, tombstones and the error list together, in one manifest commit.
+
+        A distributed run's commit also adopts `staged` shards (written by other processes under
+        names of their own, garbage until now) and marks `units_done` of the writer's job done
+        in the same commit; a commit that names no unit ends an unfinished job (store/jobs.py)."""
+        units_done = sorted(set(units_done))
+        job_fields: dict[str, Any] = {"job": None}
+        if units_done:
+            if self.job is None:
+                raise ValueError("units can be marked done only while a job is open (start_job)")
+            job = self.job.with_done(units_done)  # ValueError when a unit is done already
+            job_fields = {"job": None if job.finished else write_state(self.dir, job)}
+        elif staged:
+            raise ValueError("staged shards are adopted together with the units they hold")
         shards = list(self.manifest.shards)
+        known = {s.name for s in shards}
+        for s in staged:
+            if s.info.name in known:
+                raise ValueError(f"shard {s.info.name} is committed already")
+            check_staged(self.dir, s, (self.manifest.trained or {}).get("file"))
+            known.add(s.info.name)
         if deletions:
             shards = [
                 write_tombstones(self.dir, s, deletions[s.name]) if s.name in deletions else s
@@ -114,15 +148,49 @@ class IndexWriter:
         crash_point("after_tombstones")
         if new_shard is not None and len(new_shard.vectors):
             shards.append(self._written(write_shard(self.dir, self._next_name(), new_shard, self._trained_index())))
+        shards += [self._written(s.info) for s in staged]
         crash_point("after_shard")
         errors_fields = {}
         if errors is not None:
             errors_fields = self._write_errors(errors)
         crash_point("before_manifest")
         self.manifest = commit_manifest(
-            self.dir, replace(self.manifest, shards=tuple(shards), **errors_fields)
+            self.dir, replace(self.manifest, shards=tuple(shards), **errors_fields, **job_fields),
+            keep_job=True,
         )
+        if units_done:
+            self._job = job
         return self.manifest
+
+    def start_job(self, source: dict[str, Any], units: pa.Table, unit_rows: Sequence[int],
+                  deletions: dict[str, np.ndarray] | None = None,
+                  errors: pa.Table | None = None) -> JobState | None:
+        """Open a distributed run: write its plan (store/jobs.UNITS_SCHEMA rows, sorted by unit),
+        reserve a shard name per unit, and commit the plan with the tombstones of deleted files
+        and the error list. Returns None when there is no unit to run (the commit is then a plain
+        one). Ends any job already open."""
+        if not unit_rows:
+            self.commit(deletions=deletions, errors=errors)
+            return None
+        from .jobs import new_job_id
+
+        job_id = new_job_id()
+        digest = write_units(self.dir, job_id, units)
+        job = JobState(id=job_id, source=source, units=len(unit_rows),
+                       unit_rows=tuple(int(n) for n in unit_rows), first_seq=self._seq,
+                       units_sha256=digest)
+        self._seq += job.units
+        shards = list(self.manifest.shards)
+        if deletions:
+            shards = [write_tombstones(self.dir, s, deletions[s.name]) if s.name in deletions else s
+                      for s in shards]
+        errors_fields = self._write_errors(errors) if errors is not None else {}
+        crash_point("job_before_manifest")
+        self.manifest = commit_manifest(self.dir, replace(
+            self.manifest, shards=tuple(shards), job=write_state(self.dir, job), **errors_fields),
+            keep_job=True)
+        self._job = job
+        return job
 
     def maybe_train(self, force: bool = False) -> bool:
         """Switch to IVF-PQ past the threshold, or retrain once the collection has grown far
@@ -328,6 +396,7 @@ def collect_garbage(index_dir: Path, manifest: Manifest) -> None:
         for leftover in index_dir.glob(pattern):
             if leftover.name not in current and leftover.name not in pinned.files:
                 leftover.unlink(missing_ok=True)
+    _collect_jobs(index_dir, manifest)
     shards_dir = index_dir / SHARDS
     if not shards_dir.is_dir():
         return
@@ -340,6 +409,21 @@ def collect_garbage(index_dir: Path, manifest: Manifest) -> None:
         for f in entry.glob("tombstones-*.npy"):
             named = shard is not None and f.name == shard.tombstones
             if not named and f"{SHARDS}/{entry.name}/{f.name}" not in pinned.files:
+                f.unlink(missing_ok=True)
+
+
+def _collect_jobs(index_dir: Path, manifest: Manifest) -> None:
+    """Folders of ended distributed runs, and superseded state files of the open one."""
+    jobs = index_dir / JOBS
+    if not jobs.is_dir():
+        return
+    current = manifest.job or {}
+    for entry in jobs.iterdir():
+        if entry.name != current.get("id"):
+            shutil.rmtree(entry, ignore_errors=True)
+            continue
+        for f in entry.iterdir():
+            if f.name.startswith("state-") and f.name != current.get("file") or f.name.startswith("."):
                 f.unlink(missing_ok=True)
 
 
