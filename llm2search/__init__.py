@@ -20,13 +20,12 @@ from .errors import (
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
-    from .indexer.pipeline import IndexingConfig, IndexReport, index_folder
+    from .indexer.pipeline import IndexingConfig, IndexReport
     from .search.info import index_info
     from .search.filters import SearchFilter
     from .search.searcher import Hit, SearchIndex, open_index
 
 _LAZY = {
-    "index_folder": "indexer.pipeline",
     "IndexingConfig": "indexer.pipeline",
     "IndexReport": "indexer.pipeline",
     "open_index": "search.searcher",
@@ -38,8 +37,25 @@ _LAZY = {
 
 __all__ = [
     "IndexCorruptError", "IndexLockedError", "IndexNotFoundError", "InputPathError",
-    "InvalidQueryError", "ItemNotFoundError", "Llm2SearchError", "ModelLoadError", "ModelMismatchError", *_LAZY,
+    "InvalidQueryError", "ItemNotFoundError", "Llm2SearchError", "ModelLoadError", "ModelMismatchError", "index_folder",
+    *_LAZY,
 ]
+
+
+def index_folder(folder: Any, index_dir: Any, config: "IndexingConfig | None" = None, embedder: Any = None) -> "IndexReport":
+    """Bring the index at `index_dir` up to date with `folder`: on this host, or on a Ray cluster
+    when `config.ray` is set ("auto", an address, or llm2search.cluster.config.RayConfig; there,
+    `folder` may also be a Parquet listing of files)."""
+    from .indexer.pipeline import IndexingConfig, index_folder as index_here
+
+    config = config if config is not None else IndexingConfig()
+    if config.ray is None:
+        return index_here(folder, index_dir, config, embedder)
+    if embedder is not None:
+        raise ValueError("a Ray run loads the model in its actors: pass config.model, not an embedder")
+    from .cluster.driver import index_on_ray
+
+    return index_on_ray(folder, index_dir, config)
 
 
 def __getattr__(name: str) -> Any:

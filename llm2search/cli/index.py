@@ -12,7 +12,7 @@ from .common import echo_json, fail, index_dir, index_option, model_option
 
 
 def index(
-    path: Path = typer.Argument(..., help="Folder of photos (searched recursively) or one image."),
+    path: Path = typer.Argument(..., help="Folder of photos (searched recursively) or one image; with --ray also a Parquet listing (a `path` column)."),
     index: Optional[Path] = index_option(),
     model: Optional[str] = model_option(),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Images per model batch (default: 32 on CPU, sized to GPU memory)."),
@@ -27,17 +27,34 @@ def index(
     default_excludes: bool = typer.Option(True, "--default-excludes/--no-default-excludes", help="Skip dot-files, @eaDir, .git, node_modules, thumbnail caches, ... (see README)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
     as_json: bool = typer.Option(False, "--json", help="Print the run summary as JSON."),
+    ray: Optional[str] = typer.Option(
+        None, "--ray", is_flag=False, flag_value="auto", metavar="[ADDRESS]",
+        help="Index on a Ray cluster: `auto` (the running cluster, the default when no address is given), "
+             "host:port, ray://host:port, or `local` (start one on this machine). Needs llm2search[cluster]."),
+    unit_files: int = typer.Option(10_000, "--unit-files", min=1, help="With --ray: files per work unit (one shard, resumed as a whole)."),
+    embed_actors: Optional[int] = typer.Option(None, "--embed-actors", min=1, help="With --ray: model actors (default: one per GPU, else one per 4 CPUs)."),
+    actor_gpus: Optional[float] = typer.Option(None, "--actor-gpus", min=0, help="With --ray: GPUs per model actor (default: 1 on a cluster with GPUs, else 0)."),
+    actor_cpus: float = typer.Option(1.0, "--actor-cpus", min=0.01, help="With --ray: CPUs per model actor."),
+    stall_seconds: float = typer.Option(600.0, "--stall-seconds", min=1, help="With --ray: stop with an error when no stage progresses this long."),
 ) -> None:
     """Index a folder of photos (new, changed and deleted files are picked up on a rerun)."""
+    from .. import index_folder
     from ..indexer.exclude import ExcludeConfig
-    from ..indexer.pipeline import IndexingConfig, index_folder
+    from ..indexer.pipeline import IndexingConfig
     from ..models.preprocess import DEFAULT_MAX_PIXELS
 
+    cluster = None
+    if ray is not None:
+        from ..cluster.config import RayConfig
+
+        cluster = RayConfig(address=ray, unit_files=unit_files, embed_actors=embed_actors, actor_gpus=actor_gpus,
+                            actor_cpus=actor_cpus, stall_seconds=stall_seconds)
     config = IndexingConfig(
         model=model, device=device, batch_size=batch_size, workers=workers,
         max_pixels=max_pixels or DEFAULT_MAX_PIXELS, retry_errors=retry_errors,
         shard_size=shard_size, commit_seconds=commit_seconds, retrain=retrain,
         exclude=ExcludeConfig(tuple(exclude or ()), default_excludes), progress=not (quiet or as_json),
+        ray=cluster,
     )
     try:
         report = index_folder(path, index_dir(index), config)

@@ -19,7 +19,6 @@ from ..models.preprocess import DEFAULT_MAX_PIXELS
 from ..models.presets import resolve_model, spec_for_index
 from ..models.spec import ModelSpec
 from ..store.manifest import index_exists, read_manifest
-from ..store.pathnames import to_stored
 from ..store.shard import META_SCHEMA, ShardData, open_shard_vectors
 from ..store.vector_index import IndexConfig
 from ..store.writer import ERRORS_SCHEMA, IndexWriter, read_errors
@@ -27,6 +26,7 @@ from .changes import ChangePlan, plan_changes, scan_table, under
 from .exclude import ExcludeConfig, ExcludeRules
 from .decode import DecodeOptions, decode_stream, default_workers
 from .failures import FailureList
+from .rows import meta_row
 from .scan import IMAGE_EXTENSIONS, scan
 from .state import IndexState
 
@@ -52,6 +52,9 @@ class IndexingConfig:
     index: IndexConfig = field(default_factory=IndexConfig)
     exclude: ExcludeConfig = field(default_factory=ExcludeConfig)
     progress: bool = True
+    # Index on a Ray cluster instead of this host: "auto", an address, or a cluster.RayConfig
+    # (llm2search.index_folder and the CLI hand such a run to llm2search.cluster).
+    ray: Any = None
 
 
 @dataclass
@@ -282,15 +285,7 @@ class _Run:
             self.report.changed += 1
         else:
             self.report.new += 1
-        shown, raw = to_stored(entry.path)
-        row = {
-            "path": shown, "path_bytes": raw, "size": entry.size, "mtime_ns": entry.mtime_ns,
-            "content_hash": item.content_hash, "width": item.width, "height": item.height,
-            "format": item.format, "exif_time": item.exif.time, "indexed_at": int(time.time()),
-            "deleted": False, "camera_make": item.exif.camera_make, "camera_model": item.exif.camera_model,
-            "lens": item.exif.lens, "gps_lat": item.exif.gps_lat, "gps_lon": item.exif.gps_lon,
-            "gps_alt": item.exif.gps_alt,
-        }
+        row = meta_row(item)
         stored = self.plan.vectors_by_hash().find(item.content_hash)
         if stored is not None and not self.writer.intact(_shard_info(self.writer, stored[0])):
             stored = None  # never copy a vector out of a damaged shard: embed the file again

@@ -20,7 +20,7 @@ import uuid
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -60,6 +60,7 @@ class JobState:
     unit_rows: tuple[int, ...]  # planned files per unit
     first_seq: int  # shard sequence numbers first_seq + unit are reserved for the units
     units_sha256: str
+    chunk_rows: int = 1 << 30  # units.parquet holds each unit as row groups of this many rows
     done: tuple[tuple[int, int], ...] = ()  # half-open ranges of done units, sorted, disjoint
     created: str = field(default_factory=lambda: _now())
     format: int = JOB_FORMAT
@@ -79,6 +80,12 @@ class JobState:
     def finished(self) -> bool:
         return self.done == ((0, self.units),) or self.units == 0
 
+    def groups(self, unit: int) -> range:
+        """The row groups of units.parquet that hold `unit`'s files."""
+        per = [-(-n // self.chunk_rows) for n in self.unit_rows]
+        first = sum(per[:unit])
+        return range(first, first + per[unit])
+
     def with_done(self, units: Iterable[int]) -> "JobState":
         new = set(units)
         if not new:
@@ -92,7 +99,7 @@ class JobState:
     def to_json(self) -> dict[str, Any]:
         return {"format": self.format, "id": self.id, "source": self.source, "units": self.units,
                 "unit_rows": list(self.unit_rows), "first_seq": self.first_seq,
-                "units_sha256": self.units_sha256, "done": [list(r) for r in self.done],
+                "units_sha256": self.units_sha256, "chunk_rows": self.chunk_rows, "done": [list(r) for r in self.done],
                 "created": self.created}
 
     @classmethod
@@ -108,7 +115,8 @@ class JobState:
         if any(not 0 <= a < b <= len(rows) for a, b in done):
             raise ValueError("done names units the job does not have")
         return cls(id=d["id"], source=dict(d["source"]), units=len(rows), unit_rows=rows,
-                   first_seq=int(d["first_seq"]), units_sha256=str(d["units_sha256"]), done=done,
+                   first_seq=int(d["first_seq"]), units_sha256=str(d["units_sha256"]),
+                   chunk_rows=int(d["chunk_rows"]), done=done,
                    created=str(d.get("created", "")))
 
 
@@ -124,14 +132,32 @@ def units_path(index_dir: Path, job_id: str) -> Path:
     return job_dir(index_dir, job_id) / UNITS_FILE
 
 
-def write_units(index_dir: Path, job_id: str, units: pa.Table) -> str:
-    """Write the plan (UNITS_SCHEMA rows, sorted by unit) durably; returns its sha256."""
+def write_units(index_dir: Path, job_id: str, units: pa.Table, unit_rows: Sequence[int],
+                chunk_rows: int) -> str:
+    """Write the plan (UNITS_SCHEMA rows, sorted by unit) durably, each unit as row groups of
+    `chunk_rows` rows (JobState.groups), so a task reads just its chunk; returns its sha256."""
     folder = job_dir(index_dir, job_id)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / UNITS_FILE
-    write_atomic(path, lambda tmp: pq.write_table(units.cast(UNITS_SCHEMA), tmp, compression="zstd"))
+    table = units.cast(UNITS_SCHEMA)
+
+    def write(tmp: Path) -> None:
+        with pq.ParquetWriter(tmp, UNITS_SCHEMA, compression="zstd") as out:
+            at = 0
+            for n in unit_rows:
+                for start in range(at, at + n, chunk_rows):
+                    out.write_table(table.slice(start, min(chunk_rows, at + n - start)), row_group_size=chunk_rows)
+                at += n
+
+    write_atomic(path, write)
     fsync_dir(folder.parent)
     return sha256_file(path)
+
+
+def read_group(path: Path, group: int) -> pa.Table:
+    """One row group (a chunk of one unit) of a units.parquet."""
+    with pq.ParquetFile(path) as f:
+        return f.read_row_group(group).cast(UNITS_SCHEMA)
 
 
 def read_units(index_dir: Path, job: JobState, units: Iterable[int] | None = None) -> pa.Table:

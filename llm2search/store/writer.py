@@ -160,9 +160,11 @@ class IndexWriter:
         )
         if units_done:
             self._job = job
+            if job.finished:
+                _collect_jobs(self.dir, self.manifest)  # the plan and state files are garbage now
         return self.manifest
 
-    def start_job(self, source: dict[str, Any], units: pa.Table, unit_rows: Sequence[int],
+    def start_job(self, source: dict[str, Any], units: pa.Table, unit_rows: Sequence[int], chunk_rows: int,
                   deletions: dict[str, np.ndarray] | None = None,
                   errors: pa.Table | None = None) -> JobState | None:
         """Open a distributed run: write its plan (store/jobs.UNITS_SCHEMA rows, sorted by unit),
@@ -175,10 +177,10 @@ class IndexWriter:
         from .jobs import new_job_id
 
         job_id = new_job_id()
-        digest = write_units(self.dir, job_id, units)
+        digest = write_units(self.dir, job_id, units, unit_rows, chunk_rows)
         job = JobState(id=job_id, source=source, units=len(unit_rows),
                        unit_rows=tuple(int(n) for n in unit_rows), first_seq=self._seq,
-                       units_sha256=digest)
+                       units_sha256=digest, chunk_rows=chunk_rows)
         self._seq += job.units
         shards = list(self.manifest.shards)
         if deletions:
