@@ -3,7 +3,7 @@ single-host path and of its Ray path (the overhead ratio) on this machine, and t
 1-node vs a 2-node local cluster (ray.cluster_utils.Cluster) holding the same CPUs in total.
 
     python bench/ray.py              # 600 photos (several minutes on a 2-core machine)
-    python bench/ray.py --quick      # 40 photos; used by tests/test_bench_ray_quick.py
+    python bench/ray.py --quick      # 40 photos (a smoke run)
 
 Each configuration runs in a fresh subprocess into an empty index: the cluster is started there
 (and shut down there; `ray stop` is never used), and the time counted is the indexing call alone,

@@ -53,7 +53,8 @@ def reachable(url: str) -> bool:
 
 def plan(test: bool) -> dict:
     gpus = cb.nvidia_gpus()
-    extras = ["server"] + (["test"] if test else [])
+    # Ray (the cluster extra) is tested here but never part of the product's own install.
+    extras = ["server"] + (["test", "cluster"] if test else [])
     if not gpus:
         cpu = index_url("cpu")
         torch = [cb.CPU_TORCH, "--index-url", cpu] if reachable(cpu) else [cb.CPU_TORCH]

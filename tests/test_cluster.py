@@ -1,13 +1,17 @@
 """Indexing on a local 2-node Ray cluster (ray.cluster_utils.Cluster, fractional CPUs): the live
-set of paths and the vectors equal the single-host indexer's, with an embed actor killed mid-run,
-and with the driver killed (SIGKILL) and the command rerun. Only the cluster started here is
+set of paths and the vectors equal the single-host indexer's after the driver is killed (SIGKILL)
+and the command rerun, with an embed actor killed during the rerun. Only the cluster started here is
 shut down; `ray stop` is never run."""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +19,6 @@ import pytest
 from typer.testing import CliRunner
 
 from llm2search.cli import app
-from llm2search.cluster.config import RayConfig
 from llm2search.indexer.pipeline import IndexingConfig
 from llm2search.store.manifest import read_manifest
 
@@ -23,7 +26,6 @@ from .conftest import live_rows, make_photos, rewrite_photo
 
 pytestmark = pytest.mark.slow
 NODE = {"num_cpus": 2, "object_store_memory": 120 * 2**20}  # logical CPUs; tasks ask for fractions
-SMALL = {"actor_cpus": 0.5, "decode_cpus": 0.25, "write_cpus": 0.25, "decode_batch": 4, "stall_seconds": 180}
 
 
 @pytest.fixture(scope="module")
@@ -56,66 +58,81 @@ def _same_live_set(a: Path, b: Path) -> None:
     assert worst < 2e-3, worst
 
 
-def test_ray_run_equals_single_host_with_an_actor_killed_then_driver_killed_and_rerun(
-        cluster, tiny_model: Path, tmp_path: Path) -> None:
+def _kill_an_embed_actor_when_rows_flow(killed: list[str], stop: threading.Event) -> None:
+    """From beside the driver (it runs as a CLI command): find the run's counter actor, and once
+    some rows are embedded, kill one of the embed actors it lists."""
     import ray
 
-    import llm2search
+    while not stop.is_set() and not killed:
+        for named in ray.util.list_named_actors(all_namespaces=True):
+            if not named["name"].startswith("llm2search-tally-"):
+                continue
+            try:
+                tally = ray.get_actor(named["name"], namespace=named["namespace"])
+                if ray.get(tally.snapshot.remote(), timeout=5).get("embedded", 0) >= 2:
+                    actors = ray.get(tally.actors.remote(), timeout=5)
+                    if actors:
+                        ray.kill(actors[0])
+                        killed.append(named["name"])
+                        return
+            except Exception:  # noqa: BLE001 - the killed run's counter, gone with its driver
+                continue
+        time.sleep(0.2)
 
+
+def test_ray_run_equals_single_host_with_the_driver_killed_and_rerun_and_an_actor_killed(
+        cluster, tiny_model: Path, tmp_path: Path) -> None:
     photos = tmp_path / "photos"
-    made = make_photos(photos, 24)
+    made = make_photos(photos, 10)
     (photos / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
     single, on_ray = tmp_path / "single", tmp_path / "ray"
     _single(photos, single, tiny_model)
+    shutil.copytree(single, on_ray)  # the Ray run continues an index, as reruns do
 
-    # 1. A fresh index on the cluster; one embed actor is killed once rows are flowing.
-    killed: list[str] = []
-
-    def kill_one(status) -> None:
-        if not killed and status.counts.get("embedded", 0) >= 4:
-            actors = ray.get(status.tally.actors.remote())
-            if actors:
-                ray.kill(actors[0])
-                killed.append("yes")
-
-    from llm2search.cluster.driver import index_on_ray
-
-    config = IndexingConfig(model=str(tiny_model), device="cpu", progress=False, commit_seconds=0,
-                            ray=RayConfig(unit_files=6, embed_actors=2, **SMALL))
-    report = index_on_ray(photos, on_ray, config, observer=kill_one)
-    assert killed, "the run ended before an actor could be killed"
-    assert (report.new, report.failed, report.live) == (24, 1, 24)
-    _same_live_set(on_ray, single)
-    assert read_manifest(on_ray).job is None  # the job ended with its last unit
-    assert not (on_ray / "jobs").exists() or not any((on_ray / "jobs").iterdir())
-    again = llm2search.index_folder(photos, on_ray, config)  # nothing changed: nothing is sent
-    assert (again.unchanged, again.known_bad, again.embedded) == (24, 1, 0)
-
-    # 2. Changes (new, changed, renamed, deleted files); the driver is a CLI process that is
-    # SIGKILLed right after its first unit commit, and the same command is run again.
-    make_photos(photos / "more", 3, seed=7)
+    # New, changed, renamed (its stored vector is reused) and deleted files: 16 files to send.
+    make_photos(photos / "more", 14, seed=7)
     rewrite_photo(made[1], seed=3)
     made[2].rename(photos / f"renamed{made[2].suffix}")
     made[4].unlink()
+    (photos / "more" / "empty.png").write_bytes(b"")
     _single(photos, single, tiny_model)
+
+    # The driver is a CLI process, SIGKILLed right after its first unit's commit ...
     command = ["index", str(photos), "--index", str(on_ray), "--model", str(tiny_model), "--device", "cpu",
-               "--ray", cluster.address, "--unit-files", "1", "--embed-actors", "1", "--actor-cpus", "0.5",
-               "--commit-seconds", "0", "--quiet"]
+               "--ray", cluster.address, "--unit-files", "4", "--embed-actors", "2", "--actor-cpus", "0.5",
+               "--commit-seconds", "0", "--json"]
     env = {**os.environ, "LLM2SEARCH_CRASH_AT": "ray_after_commit:1"}
     killed_run = subprocess.run([sys.executable, "-m", "llm2search.cli", *command], env=env, capture_output=True,
-                                text=True, timeout=240)
+                                text=True, timeout=300)
     assert killed_run.returncode == -9, killed_run.stderr[-2000:]
     job = read_manifest(on_ray).job
-    assert job is not None  # the plan and one done unit are committed, the rest is not
-    result = CliRunner().invoke(app, [*command[:-1], "--json"])
-    assert result.exit_code == 0, result.output
-    import json
+    assert job is not None  # the plan and one unit are committed, the other three are not
 
+    # ... and the same command is run again; one embed actor is killed while it runs.
+    killed: list[str] = []
+    stop = threading.Event()
+    killer = threading.Thread(target=_kill_an_embed_actor_when_rows_flow, args=(killed, stop), daemon=True)
+    killer.start()
+    try:
+        result = CliRunner().invoke(app, command)
+    finally:
+        stop.set()
+        killer.join(10)
+    assert result.exit_code == 0, result.output
+    assert killed, "the run ended before an actor could be killed"
     summary = json.loads(result.stdout[result.stdout.index("{"):])
     assert any("resumed" in w for w in summary["warnings"])
-    assert summary["new"] + summary["changed"] == 4  # 5 planned files (3 new, 1 changed, 1 renamed), 1 done
-    assert read_manifest(on_ray).job is None
+    # 17 planned files (14 new + 1 empty, 1 changed, 1 renamed) in units of 4, 4, 4, 4, 1: one
+    # unit was done by the killed driver, and is not done again.
+    assert summary["new"] + summary["changed"] + summary["failed"] in (13, 16)
+    assert read_manifest(on_ray).job is None and not any((on_ray / "jobs").glob("*"))
     _same_live_set(on_ray, single)
+
+    # Change detection is the single-host one: a rerun sends nothing.
+    again = CliRunner().invoke(app, command)
+    assert again.exit_code == 0, again.output
+    rerun = json.loads(again.stdout[again.stdout.index("{"):])
+    assert (rerun["embedded"], rerun["unchanged"], rerun["known_bad"], rerun["live"]) == (0, 23, 2, 23)
 
 
 def test_ray_option_without_ray_installed_says_which_extra(tmp_path: Path) -> None:

@@ -71,7 +71,7 @@ def test_cpu_machine_prefers_pytorchs_cpu_index_and_falls_back_to_todays_install
     assert (reachable["faiss"], reachable["extras"], reachable["note"]) == ("faiss-cpu", "cpu,server", "")
     offline = _plan(tmp_path, None, UNREACHABLE)
     assert (offline["torch"], offline["fallback"], offline["faiss"]) == ("torch==2.13.0", "", "faiss-cpu")
-    assert _plan(tmp_path, None, UNREACHABLE, "--test")["extras"] == "cpu,server,test"
+    assert _plan(tmp_path, None, UNREACHABLE, "--test")["extras"] == "cpu,server,test,cluster"
     # nvidia-smi installed but no usable GPU (it exits non-zero): a CPU machine.
     assert _plan(tmp_path, [], UNREACHABLE, rc=9)["faiss"] == "faiss-cpu"
 
@@ -152,3 +152,4 @@ def test_the_products_install_brings_no_test_tools_and_test_sh_adds_them(tmp_pat
     assert {"faiss-cpu", "torch", "llm2vec", "fastapi", "uvicorn"} <= main and "faiss-gpu" not in main
     assert not main & TEST_TOOLS, main & TEST_TOOLS
     assert TEST_TOOLS | {"httpx"} <= tests
+    assert "ray" not in main and "ray" in tests  # ./run.sh never brings Ray; the cluster test needs it

@@ -110,3 +110,35 @@ def test_watchdog_names_the_stage_that_has_work_and_does_none() -> None:
     with pytest.raises(StalledError, match="embed") as e:
         dog.check()
     assert e.value.stage == "embedded" and "rerun the command to resume" in str(e.value)
+
+
+def test_a_parquet_listing_is_planned_like_a_folder_and_its_captions_reach_the_rows(tmp_path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    from llm2search.cluster.plan import Source, plan_job
+    from llm2search.cluster.tasks import _decode_group
+    from llm2search.indexer.decode import DecodeOptions
+    from llm2search.models.spec import PreprocessConfig
+    from llm2search.store.jobs import units_path
+    from llm2search.store.writer import read_errors
+
+    from .conftest import make_photos
+
+    photos = make_photos(tmp_path / "data" / "images", 3)
+    listing = tmp_path / "data" / "listing.parquet"
+    pq.write_table(pa.table({"path": ["images/" + p.name if p.parent.name == "images" else str(p) for p in photos]
+                             + ["images/missing.jpg", "images/" + photos[1].name],  # a missing file, a repeat
+                             "caption": ["a", "b", "c", "d", "b again"], "id": ["1", "2", "3", "4", "5"]}), listing)
+    index = tmp_path / "index"
+    with IndexWriter(index, MODEL, DIM) as w:
+        source = Source.of(listing)
+        assert source.kind == "listing"
+        job, summary = plan_job(w, source, unit_files=2, chunk_rows=2, retry_errors=False)
+        assert job is not None and job.unit_rows == (2, 1) and summary.problems == 1
+        units = read_units(index, job)
+        assert units.column("path").to_pylist() == [str(p.resolve()) for p in photos]
+        assert units.column("caption").to_pylist() == ["a", "b", "c"] and units.column("item_id").to_pylist() == ["1", "2", "3"]
+        assert read_errors(index, w.manifest).column("reason").to_pylist() == ["listed file does not exist"]
+        rows = _decode_group(units_path(index, job.id), 0, DecodeOptions(PreprocessConfig(image_size=32)), DIM, None)
+        assert rows.column("caption").to_pylist() == ["a", "b"] and rows.column("file").to_pylist() == [0, 1]
+        assert rows.column("error").null_count == 2 and rows.column("pixels").null_count == 0

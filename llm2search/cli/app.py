@@ -13,7 +13,7 @@ from .dev import dev_app
 from .duplicates import duplicates
 from .eval import eval_command
 from .export import export
-from .index import index
+from .index import bare_ray_means_auto, index
 from .info import info
 from .query import match, query
 from .serve import serve
@@ -40,6 +40,7 @@ app.add_typer(demo_app, name="demo")
 
 
 def main() -> None:
+    sys.argv[1:] = bare_ray_means_auto(sys.argv[1:])
     try:
         app()
     except Llm2SearchError as e:  # pragma: no cover - commands catch their own

@@ -28,7 +28,7 @@ def index(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
     as_json: bool = typer.Option(False, "--json", help="Print the run summary as JSON."),
     ray: Optional[str] = typer.Option(
-        None, "--ray", is_flag=False, flag_value="auto", metavar="[ADDRESS]",
+        None, "--ray", metavar="[ADDRESS]",
         help="Index on a Ray cluster: `auto` (the running cluster, the default when no address is given), "
              "host:port, ray://host:port, or `local` (start one on this machine). Needs llm2search[cluster]."),
     unit_files: int = typer.Option(10_000, "--unit-files", min=1, help="With --ray: files per work unit (one shard, resumed as a whole)."),
@@ -76,3 +76,14 @@ def index(
         if report.failed:
             typer.echo("see the failures with `llm2search info --errors`", err=True)
 
+
+
+def bare_ray_means_auto(argv: list[str]) -> list[str]:
+    """`--ray` without a value means `--ray auto` (typer has no optional-value options, so the
+    command line is completed before it is parsed): at the end, or before another option."""
+    out = []
+    for i, arg in enumerate(argv):
+        out.append(arg)
+        if arg == "--ray" and (i + 1 == len(argv) or argv[i + 1].startswith("-")):
+            out.append("auto")
+    return out

@@ -91,11 +91,12 @@ def _decode_group(units_path: Path, group: int, options: DecodeOptions, dim: int
     first = _first_row(units_path, group)
     side = (options.preprocess.image_size ** 2) * 3
     rows, errors, pixels, vectors = [], [], [], []
-    cols = {c: plan.column(c).to_pylist() for c in ("path", "path_bytes", "size", "mtime_ns")}
+    cols = {c: plan.column(c).to_pylist() for c in ("path", "path_bytes", "size", "mtime_ns", "caption", "item_id")}
     for i in range(plan.num_rows):
         entry = FileEntry(from_stored(cols["path"][i], cols["path_bytes"][i]), cols["size"][i], cols["mtime_ns"][i])
         item = decode_file(entry, options)
         row = meta_row(item)
+        row["caption"], row["item_id"] = cols["caption"][i], cols["item_id"][i]
         rows.append(row)
         errors.append(item.error)
         vector = _reused_vector(reuse, item.content_hash) if item.error is None else None
@@ -105,11 +106,10 @@ def _decode_group(units_path: Path, group: int, options: DecodeOptions, dim: int
     meta = pa.Table.from_pylist(rows, schema=META_SCHEMA)
     table = pa.Table.from_arrays(
         [columns.array(np.arange(first, first + n, dtype=np.int64), pa.int64()), plan.column("unit"),
-         *meta.columns, plan.column("old_shard"), plan.column("old_row"), plan.column("caption"),
-         plan.column("item_id"), columns.strings(errors),
+         *meta.columns, plan.column("old_shard"), plan.column("old_row"), columns.strings(errors),
          columns.array(np.array([v is not None for v in vectors], dtype=bool), pa.bool_()),
          _fixed(pixels, side, np.uint8), _fixed(vectors, dim * 2, np.float16)],
-        names=["file", "unit", *META_SCHEMA.names, "old_shard", "old_row", "caption", "item_id", "error",
+        names=["file", "unit", *META_SCHEMA.names, "old_shard", "old_row", "error",
                "reused", PIXELS, VECTOR])
     return table
 

@@ -47,6 +47,10 @@ META_SCHEMA = pa.schema([
     ("gps_lat", pa.float64()),  # degrees, north positive
     ("gps_lon", pa.float64()),  # degrees, east positive
     ("gps_alt", pa.float64()),  # metres above sea level
+    # From a Parquet listing indexed with --ray (its optional `caption` and `id` columns); null
+    # otherwise, and in shards written before (read_shard_meta fills them in).
+    ("caption", pa.string()),
+    ("item_id", pa.string()),
 ])
 
 
