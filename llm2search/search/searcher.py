@@ -11,16 +11,17 @@ from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Sequence, TypeVar
 
 import numpy as np
 import pyarrow as pa
 
 from ..errors import IndexClosedError, IndexCorruptError, InvalidQueryError, ItemNotFoundError
-from .filters import SearchFilter, order_hits
+from .filters import SearchFilter
+from .merge import Ranked, Scored, empty_scored, finish, keep_best, merge_candidates, top_exact
 from ..models.presets import spec_for_index
 from ..store.manifest import Manifest, ShardInfo, read_manifest
-from ..store.readers import Lease, pin, same_version
+from ..store.readers import Lease, pin, pin_held, same_version
 from ..store.verify import check_sizes
 from ..store.shard import open_shard_index, open_shard_vectors, read_shard_meta, read_tombstones
 from ..store.vector_index import IndexConfig, coarse_quantizer, read_index, set_nprobe
@@ -202,7 +203,7 @@ def _pinned(method: Callable[..., T]) -> Callable[..., T]:
         try:
             return method(self, *args, **kwargs)
         except FileNotFoundError as e:
-            if self._lease is not None and self._lease.held:
+            if self._lease is not None and self._lease.held or self._fixed:
                 raise IndexCorruptError(
                     f"{e.filename or e} is missing from the index at {self.dir} although this "
                     f"reader holds a lease on it; run `llm2search verify --index {self.dir}`") from e
@@ -216,12 +217,21 @@ class SearchIndex:
     """A read-only view of one committed version of an index. It pins that version (a reader
     lease, store/readers.py): writers may commit, compact, retrain and collect garbage meanwhile,
     and it keeps answering from its own version until `refresh` or `close`. Use it as a context
-    manager, or call `close`, to let the writer delete files only this version still uses."""
+    manager, or call `close`, to let the writer delete files only this version still uses.
+
+    A shard-group view (Ray Serve's groups and router) opens `version`, a committed manifest that
+    another reader still pins (so its files are there), instead of the newest one, and only the
+    shards named in `shards` (none: the router's view, which keeps the coarse quantizer). Its
+    shard positions are its own, in manifest order, so ties break as in a view of every shard."""
 
     def __init__(self, index_dir: str | Path, model: str | None = None, device: str | None = None,
                  config: IndexConfig = IndexConfig(), embedder: Any = None, use_gpu: bool = True,
-                 gpu: GpuSearchConfig = GpuSearchConfig()):
+                 gpu: GpuSearchConfig = GpuSearchConfig(), version: Manifest | None = None,
+                 shards: Sequence[str] | None = None):
         self.dir = Path(index_dir)
+        self._version = version
+        self._fixed = version is not None  # never moves to a newer version
+        self._wanted = None if shards is None else frozenset(shards)
         self.config = config
         self._model_override = model
         self._device = device
@@ -239,16 +249,17 @@ class SearchIndex:
         directory is read-only to it) can see a version's files deleted by a writer elsewhere
         between reading the manifest and opening them: then it pins the newer version."""
         for attempt in range(3):
-            lease = pin(self.dir)
+            lease = pin(self.dir) if self._version is None else pin_held(self.dir, self._version)
             try:
-                check_sizes(self.dir, lease.manifest)
+                chosen = self._chosen(lease.manifest)
+                check_sizes(self.dir, replace(lease.manifest, shards=chosen))
                 self.manifest: Manifest = lease.manifest
                 self._trained = self._read_trained()
                 self._quantizer = coarse_quantizer(self._trained) if self._trained is not None else None
-                self.shards = [_OpenShard(self.dir, s, self._trained) for s in self.manifest.shards]
+                self.shards = [_OpenShard(self.dir, s, self._trained) for s in chosen]
             except FileNotFoundError as e:
                 lease.close()
-                if attempt == 2 or lease.held:
+                if attempt == 2 or lease.held or self._fixed:
                     raise IndexCorruptError(
                         f"{e.filename or e} is missing from the index at {self.dir}; run "
                         f"`llm2search verify --index {self.dir}` to see what else is, and "
@@ -273,6 +284,15 @@ class SearchIndex:
             self._release = weakref.finalize(self, lease.close)
             return
 
+    def _chosen(self, manifest: Manifest) -> tuple[ShardInfo, ...]:
+        if self._wanted is None:
+            return manifest.shards
+        unknown = self._wanted - {s.name for s in manifest.shards}
+        if unknown:
+            raise InvalidQueryError(f"generation {manifest.generation} of {self.dir} has no shard "
+                                    f"{', '.join(sorted(unknown))}")
+        return tuple(s for s in manifest.shards if s.name in self._wanted)
+
     def _read_trained(self) -> Any | None:
         """The trained IVF-PQ template, whose coarse centroids every IVF-PQ shard shares."""
         if self.manifest.index_type != "ivfpq" or not self.manifest.trained:
@@ -287,9 +307,10 @@ class SearchIndex:
     def refresh(self) -> bool:
         """Move to the newest committed version if there is one (True when it moved), releasing
         the old version's files. Not meant to run while another thread searches this object:
-        the server opens a new SearchIndex per version instead."""
+        the server opens a new SearchIndex per version instead. A view of a given version never
+        moves."""
         self._check_open()
-        if same_version(read_manifest(self.dir), self.manifest):
+        if self._fixed or same_version(read_manifest(self.dir), self.manifest):
             return False
         old = self._release
         self._open_version()
@@ -339,7 +360,7 @@ class SearchIndex:
 
     def search(self, text: str, k: int = 10, filter: SearchFilter | None = None) -> list[Hit]:
         """Photos that best match `text` (English, Chinese, or any language the model reads)."""
-        _check_k(k)
+        check_k(k)
         if not isinstance(text, str) or not text.strip():
             raise InvalidQueryError("the query text is empty; give a sentence such as 'a dog on a beach'")
         return self.search_vector(self.embedder.embed_texts([text])[0], k, filter)
@@ -356,15 +377,14 @@ class SearchIndex:
         """search_vector for many queries at once (an (n, dim) array): one coarse search, one
         pass over each shard and one re-rank for the whole batch, which is several times the
         throughput of n single searches (bench/search.py)."""
-        _check_k(k)
+        check_k(k)
         flt = filter if filter is not None else NO_FILTER
-        queries = self._check_queries(vectors)
+        queries = self.check_queries(vectors)
         if flt.restricts_rows:
             return [self._search_filtered(q.reshape(1, -1), k, flt) for q in queries]
-        scores, owners, rows = self._top_rows(queries, k)
-        return self._finish(scores, owners, rows, flt)
+        return self._finish(*self._top_rows(queries, k), flt)
 
-    def _check_queries(self, vectors: np.ndarray) -> np.ndarray:
+    def check_queries(self, vectors: np.ndarray) -> np.ndarray:
         q = np.ascontiguousarray(vectors, dtype=np.float32)
         if q.ndim != 2 or q.shape[1] != self.manifest.dim:
             raise InvalidQueryError(f"query vectors have shape {q.shape}; this index holds "
@@ -373,54 +393,82 @@ class SearchIndex:
             raise InvalidQueryError("a query vector holds NaN or infinite values")
         return q
 
-    def _top_rows(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _top_rows(self, queries: np.ndarray, k: int) -> Ranked:
         """Each query's k best live rows by exact score on the stored vectors: (scores, shard
         positions, rows), each (n, <= k), padded with -inf / -1 where the index has fewer rows."""
-        _, owners, rows = self._candidates(queries, k)
-        return self._rerank(queries, owners, rows, k)
+        return merge_candidates([self.scored_candidates(queries, k)], self.rerank_depth(k), k)
 
-    def _rerank_depth(self, k: int) -> int:
+    def rerank_depth(self, k: int) -> int:
         """Candidates scored exactly: k from Flat (its scores are exact already), rerank_factor
         x k from IVF-PQ (over all shards unfiltered, per shard when filtered)."""
         return k if self.manifest.index_type == "flat" else k * self.config.rerank_factor
 
+    # -- shard-group primitives: a router merging the answers of several SearchIndex views
+    # -- (each opened on some shards of one version) gets what one view of all shards returns
+    def scored_candidates(self, queries: np.ndarray, k: int,
+                          coarse: tuple[np.ndarray, np.ndarray] | None = None) -> Scored:
+        """The candidates a search for the top k re-ranks, from this view's shards, with their
+        exact scores: each query's `rerank_depth(k)` best by index score. `coarse` is
+        `coarse(queries)` of any view of this version (the router's); None: searched here."""
+        estimate, owners, rows = self._nearest(queries, k, coarse)
+        return Scored(estimate, self._exact_scores(queries, owners, rows), owners, rows)
+
+    def filtered_top(self, q: np.ndarray, k: int, flt: SearchFilter) -> Ranked:
+        """One query's k best rows of this view's shards among those `flt` allows, by exact
+        score: each shard's candidates (rerank_factor x k per shard, or every allowed row when
+        that is cheaper), re-ranked exactly."""
+        want = self.rerank_depth(k)
+        owners, rows = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
+        for i, shard in enumerate(self.shards):
+            if shard.info.count:
+                ids = shard.filtered_candidates(q, want, k, flt)
+                rows.append(ids)
+                owners.append(np.full(len(ids), i, dtype=np.int64))
+        owner_row, row_row = np.concatenate(owners)[None, :], np.concatenate(rows)[None, :]
+        return top_exact(Ranked(self._exact_scores(q, owner_row, row_row), owner_row, row_row), k)
+
+    def join_hits(self, scores: np.ndarray, owners: np.ndarray, rows: np.ndarray, ranks: np.ndarray) -> list[Hit]:
+        """Hits for parallel arrays of (score, shard position, row, rank), metadata joined."""
+        return self._hits(scores, owners, rows, ranks)
+
     def _candidates(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The rows a search for the top k scores exactly (see _nearest)."""
+        return self._nearest(queries, k, None)
+
+    def _nearest(self, queries: np.ndarray, k: int,
+                 coarse: tuple[np.ndarray, np.ndarray] | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(index scores, shard positions, rows) to score exactly, (n, depth) each, unordered,
         -inf / -1 for padding. The index scores are PQ estimates for IVF-PQ, exact for Flat:
         each shard's exact top k. IVF-PQ: each shard's best `rerank_factor x k` by PQ estimate;
         all shards copy one trained quantizer, so their estimates are comparable and the best
         `rerank_factor x k` over all shards are kept, whatever the shard count."""
         live = [i for i, s in enumerate(self.shards) if s.info.count]
-        n = len(queries)
         if not live:
-            return np.full((n, 0), -np.inf, np.float32), np.zeros((n, 0), np.int64), np.full((n, 0), -1, np.int64)
-        depth = self._rerank_depth(k)
+            empty = empty_scored(len(queries))
+            return empty.estimate, empty.owners, empty.rows
+        depth = self.rerank_depth(k)
         if self._gpu is not None:
             found = gpu_candidates(self._gpu, self.search_plan, queries, k, depth)
             if found is not None:
                 return found
-        coarse = None if self.manifest.index_type == "flat" else self._coarse(queries)
+        if coarse is None:
+            coarse = self.coarse(queries)
         found = [self.shards[i].nearest(queries, depth, coarse) for i in live]
         estimate = np.concatenate([f[0] for f in found], axis=1)
         rows = np.concatenate([f[1] for f in found], axis=1)
         owners = np.concatenate([np.full(f[1].shape, i, dtype=np.int64) for i, f in zip(live, found)], axis=1)
-        if estimate.shape[1] > depth:
-            best = np.argpartition(-estimate, depth - 1, axis=1)[:, :depth]
-            estimate, rows, owners = (np.take_along_axis(a, best, axis=1) for a in (estimate, rows, owners))
-        return estimate, owners, rows
+        kept = keep_best(Scored(estimate, estimate, owners, rows), depth)
+        return kept.estimate, kept.owners, kept.rows
 
-    def _rerank(self, queries: np.ndarray, owners: np.ndarray, rows: np.ndarray,
-                k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _rerank(self, queries: np.ndarray, owners: np.ndarray, rows: np.ndarray, k: int) -> Ranked:
         """The k best candidates per query by exact score: (scores, owners, rows)."""
-        scores = self._exact_scores(queries, owners, rows)
-        top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-        return (np.take_along_axis(scores, top, axis=1), np.take_along_axis(owners, top, axis=1),
-                np.take_along_axis(rows, top, axis=1))
+        return top_exact(Ranked(self._exact_scores(queries, owners, rows), owners, rows), k)
 
     def _exact_scores(self, queries: np.ndarray, owners: np.ndarray, rows: np.ndarray) -> np.ndarray:
         """Inner products of each query with its candidate rows' stored float16 vectors (-inf
-        for row -1), gathered from the memory-mapped vector files in small chunks (decoded
-        floats stay in cache), chunks spread over threads: numpy and faiss release the GIL."""
+        for row -1, and for a row whose stored vector is not finite), gathered from the
+        memory-mapped vector files in small chunks (decoded floats stay in cache), chunks spread
+        over threads: numpy and faiss release the GIL."""
         scores = np.full(rows.shape, -np.inf, dtype=np.float32)
         tasks = []
         for owner in np.unique(owners[rows >= 0]):
@@ -444,49 +492,26 @@ class SearchIndex:
                 score(task, False)
         bad = ~np.isfinite(scores) & (rows >= 0)
         if bad.any():  # a damaged vector file: those rows are left out, never served as NaN
-            rows[bad] = -1
             scores[bad] = -np.inf
             _warn_damaged(self.dir, {self.shards[int(o)].info.name for o in owners[bad]})
         return scores
 
     def _search_filtered(self, q: np.ndarray, k: int, flt: SearchFilter) -> list[Hit]:
-        """One query among the rows `flt` allows: each shard's candidates (rerank_factor x k
-        per shard, or every allowed row when that is cheaper), re-ranked exactly."""
-        want = self._rerank_depth(k)
-        owners, rows = [], []
-        for i, shard in enumerate(self.shards):
-            if shard.info.count:
-                ids = shard.filtered_candidates(q, want, k, flt)
-                rows.append(ids)
-                owners.append(np.full(len(ids), i, dtype=np.int64))
-        if not rows:
-            return []
-        scores, top_owners, top_rows = self._rerank(q, np.concatenate(owners)[None, :], np.concatenate(rows)[None, :], k)
-        return self._finish(scores, top_owners, top_rows, flt)[0]
+        """One query among the rows `flt` allows (see filtered_top)."""
+        return self._finish(*self.filtered_top(q, k, flt), flt)[0]
 
     def _finish(self, scores: np.ndarray, owners: np.ndarray, rows: np.ndarray,
                 flt: SearchFilter) -> list[list[Hit]]:
         """Per query: drop padding and scores under min_score, join metadata, apply the sort."""
-        keep = rows >= 0
-        if flt.min_score is not None:
-            keep &= scores >= flt.min_score
-        flat_hits = self._hits(scores[keep], owners[keep], rows[keep], np.cumsum(keep, axis=1)[keep])
-        out, at = [], 0
-        for count in keep.sum(axis=1):
-            hits = flat_hits[at:at + count]
-            at += count
-            if flt.sort != "score" and hits:
-                order = order_hits(np.array([h.score for h in hits]), np.array([h.taken for h in hits]), flt.sort)
-                hits = [replace(hits[j], rank=rank) for rank, j in enumerate(order, start=1)]
-            out.append(hits)
-        return out
+        return finish(Ranked(scores, owners, rows), flt, self._hits)
 
-    def _coarse(self, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-        """Every IVF-PQ shard is a copy of one trained index, so the coarse quantizer is searched
+    def coarse(self, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """(distances, lists) of the queries' nprobe nearest coarse centroids, or None for Flat.
+        Every IVF-PQ shard is a copy of one trained index, so the coarse quantizer is searched
         once per query instead of once per shard (bench/search.py measured the saving)."""
         if self._quantizer is None or any(s.ivf is None for s in self.shards):
             return None
-        return self._quantizer.search(queries, self.shards[0].ivf.nprobe if self.shards else 1)
+        return self._quantizer.search(queries, min(self.config.nprobe, self._quantizer.ntotal))
 
     def _hits(self, scores: np.ndarray, owners: np.ndarray, rows: np.ndarray,
               ranks: np.ndarray | None = None) -> list[Hit]:
@@ -617,6 +642,6 @@ def open_index(index_dir: str | Path, model: str | None = None, device: str | No
     return SearchIndex(index_dir, model=model, device=device)
 
 
-def _check_k(k: int) -> None:
+def check_k(k: int) -> None:
     if not isinstance(k, int) or k < 1 or k > MAX_K:
         raise InvalidQueryError(f"k must be between 1 and {MAX_K}, got {k!r}")

@@ -92,6 +92,14 @@ def pin(index_dir: Path) -> Lease:
     return Lease(None, None, manifest)  # pragma: no cover - needs 50 commits during one open
 
 
+def pin_held(index_dir: Path, manifest: Manifest) -> Lease:
+    """Pin a generation that a live lease of another reader already names (a Ray Serve router
+    handing its version to its shard groups): its files cannot have been collected, so the
+    manifest is not read again. Without a lease, as in `pin`."""
+    lease = _publish(Path(index_dir), manifest)
+    return lease if lease is not None else Lease(None, None, manifest)
+
+
 def live_pins(index_dir: Path) -> PinnedFiles:
     """Every file named by a live lease; stale leases (their reader is gone) are deleted."""
     shards: set[str] = set()
