@@ -135,6 +135,25 @@ def test_ray_run_equals_single_host_with_the_driver_killed_and_rerun_and_an_acto
     assert (rerun["embedded"], rerun["unchanged"], rerun["known_bad"], rerun["live"]) == (0, 23, 2, 23)
 
 
+def test_a_pool_that_cannot_start_stops_with_an_error_naming_the_embed_stage(
+        cluster, tiny_model: Path, tmp_path: Path) -> None:
+    """One of the known silent Ray stalls: actors asking for GPUs the cluster lacks are never
+    placed. The watchdog stops the run with one line naming the stage; the plan stays committed,
+    so a rerun (with a pool that fits) resumes it."""
+    from llm2search.cluster.config import RayConfig
+    from llm2search.cluster.driver import index_on_ray
+    from llm2search.cluster.watchdog import StalledError
+
+    photos = tmp_path / "photos"
+    make_photos(photos, 4)
+    config = IndexingConfig(model=str(tiny_model), device="cpu", progress=False, commit_seconds=0,
+                            ray=RayConfig(embed_actors=1, actor_gpus=1, decode_cpus=0.25, stall_seconds=8))
+    with pytest.raises(StalledError, match="embed") as e:
+        index_on_ray(photos, tmp_path / "index", config)
+    assert e.value.stage == "embedded" and "\n" not in str(e.value)
+    assert read_manifest(tmp_path / "index").job is not None  # resumable
+
+
 def test_ray_option_without_ray_installed_says_which_extra(tmp_path: Path) -> None:
     code = ("import sys; sys.modules['ray'] = None\n"
             "from llm2search.cli import main\n"

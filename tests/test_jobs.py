@@ -94,10 +94,11 @@ def test_a_staged_shard_of_another_quantizer_or_missing_files_is_refused(tmp_pat
 
 
 def test_watchdog_names_the_stage_that_has_work_and_does_none() -> None:
-    assert stuck_stage({"decoded": 10, "embedded": 4, "received": 4}, 40) == "embedded"
-    assert stuck_stage({"decoded": 8, "embedded": 8, "received": 8}, 40) == "decoded"
-    assert stuck_stage({"decoded": 40, "embedded": 40, "received": 30}, 40) == "received"
-    assert stuck_stage({"decoded": 40, "embedded": 40, "received": 40, "writing": 2}, 40) == "written"
+    assert stuck_stage({"actors": 2, "decoded": 10, "embedded": 4, "received": 4}, 40) == "embedded"
+    assert stuck_stage({"actors": 2, "decoded": 8, "embedded": 8, "received": 8}, 40) == "decoded"
+    assert stuck_stage({"actors": 2, "decoded": 40, "embedded": 40, "received": 30}, 40) == "received"
+    assert stuck_stage({"actors": 2, "decoded": 40, "embedded": 40, "received": 40, "writing": 2}, 40) == "written"
+    assert stuck_stage({"decoded": 0}, 40) == "embedded"  # no actor ever loaded the model
     now = [0.0]
     dog = Watchdog(30, 40, clock=lambda: now[0])
     dog.observe({"decoded": 10, "embedded": 4})

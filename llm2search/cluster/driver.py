@@ -43,6 +43,7 @@ from .tasks import VECTOR, EmbedActor, Reuse, decode_groups, fixed_values, write
 from .watchdog import Watchdog
 
 POLL_SECONDS = 0.5
+CPU_BATCH, GPU_BATCH = 32, 256  # images per embed call unless --batch-size says otherwise
 
 
 @dataclass
@@ -74,10 +75,12 @@ def index_on_ray(source_path: str | Path, index_dir: str | Path, config: Indexin
                 report.warnings.append(f"resumed the unfinished run {job.id}: {len(job.pending())} of "
                                        f"{job.units} work units left")
             else:
-                job, summary = plan_job(writer, source, rc.unit_files, rc.decode_batch, config.retry_errors)
+                job, summary = plan_job(writer, source, rc.unit_files, rc.decode_batch, config.retry_errors,
+                                        config.exclude)
                 _summarise(report, summary)
             if job is not None:
-                _Run(connection.ray, writer, job, spec, config, rc, report, observer).execute()
+                _Run(connection.ray, writer, job, spec, config, rc, report, observer,
+                     wait_on_failure=not connection.owned).execute()
             writer.maybe_train(force=config.retrain)
             writer.compact_after_run(config.shard_size)
             report.live = writer.manifest.count
@@ -136,8 +139,12 @@ class _Written:
 
 class _Run:
     def __init__(self, ray: Any, writer: IndexWriter, job: JobState, spec: ModelSpec, config: IndexingConfig,
-                 rc: RayConfig, report: IndexReport, observer: Callable[[RunStatus], None] | None):
+                 rc: RayConfig, report: IndexReport, observer: Callable[[RunStatus], None] | None,
+                 wait_on_failure: bool = False):
         self.ray, self.writer, self.job, self.spec = ray, writer, job, spec
+        # On a cluster this run did not connect to (a caller's ray.init), a failed run waits for
+        # Ray Data to wind its pipeline down (its own no-progress guard) before returning.
+        self.wait_on_failure = wait_on_failure
         self.config, self.rc, self.report, self.observer = config, rc, report, observer
         self.failures = FailureList(read_errors(writer.dir, writer.manifest))
         self.pending = job.pending()
@@ -154,8 +161,6 @@ class _Run:
         ray, rc, spec = self.ray, self.rc, self.spec
         import ray.data
 
-        ctx = ray.data.DataContext.get_current()
-        ctx.enable_progress_bars = False  # the driver draws its own line (rate, ETA)
         logging.getLogger("ray.data").setLevel(logging.WARNING)
         groups = np.array([g for u in self.pending for g in self.job.groups(u)], dtype=np.int64)
         blocks = np.array_split(groups, min(len(groups), 4096))
@@ -174,7 +179,9 @@ class _Run:
             fn_kwargs={"units_path": str(units_path(self.writer.dir, self.job.id)), "options": options,
                        "dim": spec.dim, "reuse": reuse, "tally": self.tally_name})
         return ds.map_batches(
-            EmbedActor, batch_size=self.config.batch_size or 32, batch_format="pyarrow",
+            # A GPU actor's encoder halves a batch that runs out of memory (models/image_encoder.py).
+            EmbedActor, batch_size=self.config.batch_size or (GPU_BATCH if gpus > 0 else CPU_BATCH),
+            batch_format="pyarrow",
             compute=ray.data.ActorPoolStrategy(size=self._pool_size(gpus)), num_cpus=rc.actor_cpus, num_gpus=gpus or None,
             fn_constructor_kwargs={"spec": spec, "device": device, "threads": int(max(1, rc.actor_cpus)),
                                    "tally": self.tally_name})
@@ -194,6 +201,20 @@ class _Run:
 
     # -- the loop ----------------------------------------------------------------------------
     def execute(self) -> None:
+        import ray.data
+
+        ctx = ray.data.DataContext.get_current()  # a dataset keeps a copy of it: restored below
+        saved = ctx.enable_progress_bars, ctx.execution_no_progress_timeout_s
+        ctx.enable_progress_bars = False  # the driver draws its own line (rate, ETA)
+        # Ray Data's own guard ends a pipeline that stopped moving, shutting its tasks and actors
+        # down; set just past the watchdog's limit (whichever fires first, the error names the stage).
+        ctx.execution_no_progress_timeout_s = self.rc.stall_seconds + 5
+        try:
+            self._execute()
+        finally:
+            ctx.enable_progress_bars, ctx.execution_no_progress_timeout_s = saved
+
+    def _execute(self) -> None:
         tally = start_tally(self.ray, self.tally_name)
         rows: queue.Queue = queue.Queue(maxsize=64)
         stop = threading.Event()
@@ -210,6 +231,8 @@ class _Run:
                     item = rows.get(timeout=POLL_SECONDS)
                 except queue.Empty:
                     item = None
+                if isinstance(item, BaseException) and type(item).__name__ == "ExecutionTimeoutError":
+                    raise watchdog.error() from item  # Ray Data's no-progress guard was first
                 if isinstance(item, BaseException):
                     raise ClusterError(f"the distributed run failed: {_first_line(item)}; committed work is "
                                        "kept, rerun the command to resume") from item
@@ -231,6 +254,11 @@ class _Run:
                 watchdog.check()
                 if self.observer is not None:
                     self.observer(RunStatus({**tally_counts, **self.counts}, self.total, tally))
+        except BaseException:
+            stop.set()
+            if self.wait_on_failure:
+                feeder.join(30)
+            raise
         finally:
             stop.set()
             progress.close()

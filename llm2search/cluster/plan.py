@@ -14,6 +14,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..indexer.changes import ChangePlan, plan_changes
+from ..indexer.exclude import ExcludeConfig
 from ..indexer.failures import FailureList
 from ..indexer.pipeline import plan_folder
 from ..indexer.state import IndexState
@@ -52,11 +53,11 @@ class PlanSummary:
     problems: int = 0
 
 
-def plan_job(writer: IndexWriter, source: Source, unit_files: int, chunk_rows: int,
-             retry_errors: bool) -> tuple[JobState | None, PlanSummary]:
-    """Plan the run and commit the plan: tombstones of deleted files and the error list in the
-    same commit that names the job. None when nothing needs embedding."""
-    plan, extras = _change_plan(writer, source, retry_errors)
+def plan_job(writer: IndexWriter, source: Source, unit_files: int, chunk_rows: int, retry_errors: bool,
+             exclude: ExcludeConfig = ExcludeConfig()) -> tuple[JobState | None, PlanSummary]:
+    """Plan the run and commit the plan: tombstones of deleted (and newly excluded) files and the
+    error list in the same commit that names the job. None when nothing needs embedding."""
+    plan, extras = _change_plan(writer, source, retry_errors, exclude)
     failures = FailureList(read_errors(writer.dir, writer.manifest))
     for path, reason in zip(*(plan.problems.column(c).to_pylist() for c in ("path", "reason"))):
         failures.record(path, 0, 0, reason)
@@ -68,9 +69,10 @@ def plan_job(writer: IndexWriter, source: Source, unit_files: int, chunk_rows: i
                             plan.problems.num_rows)
 
 
-def _change_plan(writer: IndexWriter, source: Source, retry_errors: bool) -> tuple[ChangePlan, pa.Table | None]:
+def _change_plan(writer: IndexWriter, source: Source, retry_errors: bool,
+                 exclude: ExcludeConfig) -> tuple[ChangePlan, pa.Table | None]:
     if source.kind == "folder":
-        return plan_folder(writer, source.path, retry_errors), None
+        return plan_folder(writer, source.path, retry_errors, exclude), None
     scan, extras = read_listing(Path(source.path))
     state = IndexState.load(writer.dir, writer.manifest)
     return plan_changes(scan, state, NOTHING_UNDER, read_errors(writer.dir, writer.manifest), retry_errors), extras

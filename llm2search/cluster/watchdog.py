@@ -41,11 +41,14 @@ class Watchdog:
 
     def check(self) -> None:
         """StalledError when nothing moved for `stall_seconds`."""
+        if self.clock() - self.since >= self.stall_seconds:
+            raise self.error()
+
+    def error(self) -> StalledError:
+        """The error for the run as it stands (also when Ray Data's own guard ended it first)."""
         stalled = self.clock() - self.since
-        if stalled < self.stall_seconds:
-            return
         stage = stuck_stage(self.last, self.total)
-        raise StalledError(
+        return StalledError(
             f"the distributed run made no progress for {stalled:.0f} s: {WHAT[stage]} is stuck "
             f"({', '.join(f'{k} {self.last.get(k, 0)}' for k in ORDER)} of {self.total} files); committed "
             "work is kept, rerun the command to resume (see docs/cluster.md, pool sizing)", stage)
@@ -56,6 +59,8 @@ def stuck_stage(counts: dict[str, int], total: int) -> str:
     only looks stuck (backpressure holds it), so the search goes from the last stage back."""
     if counts.get("writing", 0):
         return "written"
+    if not counts.get("actors", 0):  # no actor has loaded the model (unplaceable, or still loading)
+        return "embedded"
     if counts.get("decoded", 0) > counts.get("embedded", 0):
         return "embedded"
     if counts.get("embedded", 0) > counts.get("received", 0):
