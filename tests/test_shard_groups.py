@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from llm2search.errors import ItemNotFoundError
 from llm2search.search.filters import SearchFilter
 from llm2search.search.merge import Ranked, Scored, finish, merge_candidates, merge_ranked, top_exact
 from llm2search.search.searcher import SearchIndex
@@ -134,3 +135,56 @@ def test_a_view_of_a_given_version_keeps_it_while_the_index_moves_on(tmp_path: P
     q = np.ones((1, DIM), np.float32) / np.sqrt(DIM)
     assert answer(router.search(q, 5, SearchFilter())) and len(group.shards) == 2
 
+
+# -- the router and group replicas of serve/ (Ray Serve runs the same code; here in-process) ---
+def test_routed_index_over_local_groups_equals_one_view(tmp_path: Path) -> None:
+    from llm2search.serve.router import RoutedIndex
+    from llm2search.serve.shard_groups import LocalGroups
+
+    stored = build(tmp_path)
+    one = SearchIndex(tmp_path, config=CONFIG, use_gpu=False)
+    routed = RoutedIndex(tmp_path, LocalGroups(tmp_path, 2, CONFIG), CONFIG, embedder=object())
+    noise = np.random.default_rng(4).standard_normal((10, DIM)).astype(np.float32)
+    queries = np.concatenate([stored[:10], noise / np.linalg.norm(noise, axis=1, keepdims=True)])
+    for k in (3, 12):
+        for flt in [SearchFilter()] + FILTERS:
+            assert answer(routed.search_vectors(queries, k, flt)) == answer(one.search_vectors(queries, k, flt))
+    item = one.search_vector(stored[0], 1)[0].id
+    assert routed.item(item) == one.item(item) and routed.file_path(item) == one.file_path(item)
+    assert np.array_equal(routed.vector_by_id(item), one.vector_by_id(item))
+    for bad in ("nope:1", f"{one.shards[1].info.name}:999999", "zzz"):
+        with pytest.raises(ItemNotFoundError) as a:
+            routed.item(bad)
+        with pytest.raises(ItemNotFoundError) as b:
+            one.item(bad)
+        assert str(a.value) == str(b.value)
+
+
+def test_a_group_replica_moves_to_a_new_version_and_lets_the_old_one_go(tmp_path: Path) -> None:
+    from llm2search.serve.shard_groups import GroupReplica, Ticket, version_key
+
+    build(tmp_path)
+    old = SearchIndex(tmp_path, config=CONFIG, use_gpu=False, shards=())  # the router's lease
+    replica = GroupReplica(tmp_path, 1, 2, CONFIG)
+    old_ticket = Ticket(version_key(old.manifest), old.manifest)
+    with replica.use(old_ticket) as view:
+        first = view.index.generation
+        with IndexWriter(tmp_path, IDENTITY, DIM, CONFIG) as writer:
+            writer.commit(deletions={writer.manifest.shards[1].name: np.array([5])})
+        new = SearchIndex(tmp_path, config=CONFIG, use_gpu=False, shards=())
+        new_ticket = Ticket(version_key(new.manifest), new.manifest)
+        with replica.use(new_ticket) as fresh:  # the old version is in use: it stays open
+            assert fresh.index.generation == new.generation != first
+            assert [k[0] for k in replica.open_keys()] == [first, new.generation]
+        assert not view.index.closed
+    assert [k[0] for k in replica.open_keys()] == [new.generation]  # its last request ended
+    assert view.index.closed
+    with replica.use(old_ticket) as late:  # a late request for the old version is still answered
+        assert late.index.generation == first
+    assert [k[0] for k in replica.open_keys()] == [new.generation]
+    replica.sweep(version_key(new.manifest), idle_s=0.0)  # the current version stays
+    assert [k[0] for k in replica.open_keys()] == [new.generation]
+    replica.sweep(("other",), idle_s=0.0)  # not current and idle: closed, reopened on demand
+    assert replica.open_keys() == []
+    held = {r["generation"] for r in live_readers(tmp_path)}
+    assert held == {first, new.generation}  # only the two router views hold leases now

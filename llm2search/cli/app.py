@@ -8,12 +8,13 @@ import sys
 import typer
 
 from ..errors import Llm2SearchError
+from .common import bare_ray_means_auto
 from .demo import demo_app
 from .dev import dev_app
 from .duplicates import duplicates
 from .eval import eval_command
 from .export import export
-from .index import bare_ray_means_auto, index
+from .index import index
 from .info import info
 from .query import match, query
 from .serve import serve

@@ -26,6 +26,18 @@ def model_option(help: str = MODEL_HELP) -> Any:
     return typer.Option(None, "--model", help=help)
 
 
+def bare_ray_means_auto(argv: list[str]) -> list[str]:
+    """`--ray` without a value means `--ray auto` (typer has no optional-value options, so the
+    command line is completed before it is parsed): at the end, or before another option.
+    Shared by `index --ray` and `serve --ray`."""
+    out = []
+    for i, arg in enumerate(argv):
+        out.append(arg)
+        if arg == "--ray" and (i + 1 == len(argv) or argv[i + 1].startswith("-")):
+            out.append("auto")
+    return out
+
+
 def index_dir(index: Optional[Path]) -> Path:
     return index if index is not None else default_index_dir()
 

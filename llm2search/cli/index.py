@@ -75,15 +75,3 @@ def index(
         )
         if report.failed:
             typer.echo("see the failures with `llm2search info --errors`", err=True)
-
-
-
-def bare_ray_means_auto(argv: list[str]) -> list[str]:
-    """`--ray` without a value means `--ray auto` (typer has no optional-value options, so the
-    command line is completed before it is parsed): at the end, or before another option."""
-    out = []
-    for i, arg in enumerate(argv):
-        out.append(arg)
-        if arg == "--ray" and (i + 1 == len(argv) or argv[i + 1].startswith("-")):
-            out.append("auto")
-    return out

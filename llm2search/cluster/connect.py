@@ -45,8 +45,8 @@ def connect(address: str) -> Connection:
         return Connection(ray, owned=False)
     kwargs: dict[str, Any] = {"log_to_driver": False, "configure_logging": False}
     try:
-        if address == "local":
-            ray.init(include_dashboard=False, **kwargs)
+        if address == "local":  # address="local": a new cluster even where one runs already
+            ray.init(address="local", include_dashboard=False, **kwargs)
         else:
             ray.init(address=address, **kwargs)
     except (ConnectionError, RuntimeError, ValueError) as e:

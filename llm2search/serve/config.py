@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..models.text_encoder import MAX_QUERY_CHARS
+from ..store.vector_index import IndexConfig
 
 
 @dataclass(frozen=True)
@@ -17,6 +18,7 @@ class ServiceConfig:
     max_pixels: int = 50_000_000  # largest uploaded image, in pixels
     reload_seconds: float = 1.0  # how often the manifest is checked for a new index version
     batching: bool = True  # embed requests that queue up together (False: one model call each)
+    search: IndexConfig = IndexConfig()  # nprobe and re-rank depth of every search
 
 
 @dataclass(frozen=True)
@@ -41,3 +43,20 @@ class ServerConfig:
     limits: Limits = field(default_factory=Limits)
     warm: bool = True  # load and run the models before accepting requests
 
+
+
+@dataclass(frozen=True)
+class RayServeConfig:
+    """`llm2search serve --ray`: the same server, deployed on Ray Serve (docs/ray-serve.md)."""
+
+    server: ServerConfig
+    groups: int = 2  # shard groups; each holds about 1/groups of the rows (codes in RAM)
+    group_replicas: int = 1  # replicas of each group (throughput, and survival of a lost replica)
+    router_replicas: int = 1
+    encoder_replicas: int = 1
+    group_cpus: float = 1.0  # Ray resources reserved per replica (fractions allowed)
+    group_gpus: float = 0.0  # >0: group replicas get a GPU and search their shards there
+    router_cpus: float = 1.0
+    encoder_cpus: float = 1.0
+    encoder_gpus: float | None = None  # None: one per replica when the cluster has GPUs
+    idle_close_s: float = 30.0  # a group replica closes a version that is not current and idle this long

@@ -12,7 +12,7 @@ from collections import OrderedDict
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -48,8 +48,12 @@ class QueryText:
 
 
 class SearchService:
-    def __init__(self, config: ServiceConfig):
+    """`open_index(config)` opens the newest version: a SearchIndex by default; the Ray Serve
+    router passes one that searches through its shard groups (serve/router.py)."""
+
+    def __init__(self, config: ServiceConfig, open_index: Callable[[ServiceConfig], Any] | None = None):
         self.config = config
+        self._open_index = open_index or _search_index
         self._model_lock = threading.Lock()
         one = not config.batching  # a batch limit of one input: plain serialisation
         self._embed_texts = Batcher(lambda texts: self.index.embedder.embed_texts(list(texts)),
@@ -57,16 +61,16 @@ class SearchService:
         self._embed_pixels = Batcher(lambda pixels: self.index.embedder.embed_pixels(pixels),
                                      self._model_lock, 1 if one else MAX_IMAGE_BATCH)
         self._reload_lock = threading.Lock()
+        self._reloading = False  # one thread opens a new version at a time
         self._stamp = _stamp(config.index_dir)
-        self._current = _Version(self._open(embedder=None))
+        self._current = _Version(self._open())
         self._checked = time.monotonic()
         self._thumbs: OrderedDict[tuple[str, int, int], bytes] = OrderedDict()
         self._thumbs_lock = threading.Lock()
 
     # -- the index, reopened when a new version is committed --------------------------------
-    def _open(self, embedder: Any) -> SearchIndex:
-        c = self.config
-        return SearchIndex(c.index_dir, model=c.model, device=c.device, embedder=embedder, use_gpu=c.use_gpu)
+    def _open(self) -> SearchIndex:
+        return self._open_index(self.config)
 
     @property
     def index(self) -> SearchIndex:
@@ -101,13 +105,22 @@ class SearchService:
                 return
             self._checked = now
             stamp = _stamp(self.config.index_dir)
-            if stamp == self._stamp:
+            if stamp == self._stamp or self._reloading:
                 return
+            self._reloading = True
             old = self._current
-            fresh = self._open(embedder=None)
-            if identities_match(old.index.manifest.model, fresh.manifest.model):
-                fresh._embedder = old.index._embedder  # same weights: keep the hot model
-            self._current, self._stamp = _Version(fresh), stamp
+        # Opened outside the lock: requests keep answering from the current version meanwhile
+        # (on Ray Serve, opening waits for every shard group to open the new version).
+        try:
+            fresh = self._open()
+        except BaseException:
+            with self._reload_lock:
+                self._reloading = False
+            raise
+        if identities_match(old.index.manifest.model, fresh.manifest.model):
+            fresh._embedder = old.index._embedder  # same weights: keep the hot model
+        with self._reload_lock:
+            self._current, self._stamp, self._reloading = _Version(fresh), stamp, False
             old.retired = True
             done = old.users == 0
         if done:
@@ -235,6 +248,10 @@ class SearchService:
             data["search"] = index.search_plan.to_json()  # GPU or CPU, chosen when this version opened
         data["max_pixels"] = self.config.max_pixels
         return data
+
+
+def _search_index(c: ServiceConfig) -> SearchIndex:
+    return SearchIndex(c.index_dir, model=c.model, device=c.device, use_gpu=c.use_gpu, config=c.search)
 
 
 def _stamp(index_dir: Path) -> tuple[int, int, int] | None:
