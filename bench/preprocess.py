@@ -89,6 +89,25 @@ def simplejpeg_scaled(margin: int = 2) -> Callable[[bytes], np.ndarray] | None:
     return run
 
 
+def gpu_path() -> Callable[[bytes], np.ndarray]:
+    """The GPU JPEG path's preprocessing (llm2search/models/gpu_preprocess.py) run on the CPU:
+    a full decode standing in for nvJPEG, then torch's antialiased bicubic resize and crop. Its
+    differences are the GPU path's; its speed here is the CPU's, not a GPU's."""
+    import torch
+
+    from llm2search.models.gpu_preprocess import crops_from_jpegs, jpeg_header
+
+    def decode(datas: list[bytes]) -> list[torch.Tensor]:
+        return [torch.from_numpy(np.array(Image.open(io.BytesIO(d)).convert("RGB"))).permute(2, 0, 1).contiguous()
+                for d in datas]
+
+    def run(data: bytes) -> np.ndarray:
+        crop = crops_from_jpegs([data], [jpeg_header(data, 10**12)], CLIP_336, decode)[0]
+        return crop.numpy().astype(np.float64)
+
+    return run
+
+
 def timed(fn: Callable[[bytes], np.ndarray], photos: list[bytes], seconds: float) -> tuple[float, list[np.ndarray]]:
     outputs = [fn(p) for p in photos]  # warm-up, and the outputs compared below
     done, start = 0, time.perf_counter()
@@ -121,6 +140,7 @@ def main() -> None:
         "PIL draft decode to >= 2x target (default)": ours(draft=True, margin=2),
         "PIL draft decode to >= 1x target": ours(draft=True, margin=1),
         "simplejpeg scaled decode to >= 2x target": simplejpeg_scaled(2),
+        "GPU path's torch resize of a full decode (on the CPU)": gpu_path(),
     }
     rows = [{
         "method": "CLIPImageProcessor (transformers, full decode)",

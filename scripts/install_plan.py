@@ -6,11 +6,11 @@
 
 One faiss: faiss-gpu on a host whose NVIDIA driver runs its CUDA 12 build (>= 525), faiss-cpu
 everywhere else (the two own the same `faiss` module). torch: the CUDA build the driver runs
-(llm2search/models/cuda_builds.py), from PyPI where PyPI has one, else from PyTorch's index; on a
-machine without a GPU, PyTorch's CPU wheel index when it is reachable (PyPI's default Linux wheel
-brings GBs of CUDA libraries), else plain `torch==2.13.0`. Standard library only: it runs before
-anything is installed. LLM2SEARCH_PYTORCH_INDEX replaces PyTorch's index URL (tests point it at
-a folder or at nothing).
+(llm2search/models/cuda_builds.py), with torchvision for GPU JPEG decoding, from PyPI where PyPI
+has that build, else from PyTorch's index; on a machine without a GPU, PyTorch's CPU wheel index
+when it is reachable (PyPI's default Linux wheel brings GBs of CUDA libraries), else plain
+`torch==2.13.0`. Standard library only: it runs before anything is installed.
+LLM2SEARCH_PYTORCH_INDEX replaces PyTorch's index URL (tests serve one on loopback).
 """
 
 from __future__ import annotations
@@ -80,10 +80,17 @@ def plan(test: bool) -> dict:
             torch, fallback = [cb.CPU_TORCH], []
             note = (f"{gpu.name}: driver {gpu.driver} needs torch's CUDA {build.cuda} build from {url}, which is "
                     "unreachable; installed the CPU build: update the driver (>= 580) or rerun with access to it")
+    if torch[0] != cb.CPU_TORCH:  # a CUDA build: torchvision's nvJPEG decodes JPEGs on the GPU
+        torch, fallback = _with_torchvision(torch), _with_torchvision(fallback)
     if faiss == "faiss-cpu" and not note:
         note = f"{gpu.name}: driver {gpu.driver} is too old for faiss-gpu (needs >= 525): search runs on the CPU"
     return {"TORCH": torch, "TORCH_FALLBACK": fallback, "FAISS": faiss,
             "EXTRAS": ",".join(["gpu" if faiss == "faiss-gpu" else "cpu", *extras]), "NOTE": note}
+
+
+def _with_torchvision(args: list[str]) -> list[str]:
+    """torchvision beside torch, from the same index: pip takes the release built for that torch."""
+    return [args[0], "torchvision", *args[1:]] if args else args
 
 
 def host() -> str:

@@ -78,15 +78,15 @@ def test_cpu_machine_prefers_pytorchs_cpu_index_and_falls_back_to_todays_install
 
 def test_gpu_host_gets_the_torch_build_its_driver_runs_and_faiss_gpu(tmp_path: Path, torch_index: str) -> None:
     recent = _plan(tmp_path, [("NVIDIA H200", "580.95.05")], UNREACHABLE)
-    assert recent == {"torch": "torch>=2.1,<2.15", "fallback": "", "faiss": "faiss-gpu",
+    assert recent == {"torch": "torch>=2.1,<2.15 torchvision", "fallback": "", "faiss": "faiss-gpu",
                       "extras": "gpu,server", "note": ""}  # PyPI's default wheel is CUDA 13
     older = _plan(tmp_path, [("NVIDIA A100-SXM4-80GB", "535.104.05")], torch_index)
-    assert older["torch"] == f"torch>=2.1,<2.15 --index-url {torch_index}/cu128"
-    assert older["fallback"] == "torch==2.10.0" and older["faiss"] == "faiss-gpu"
+    assert older["torch"] == f"torch>=2.1,<2.15 torchvision --index-url {torch_index}/cu128"
+    assert older["fallback"] == "torch==2.10.0 torchvision" and older["faiss"] == "faiss-gpu"
     cut_off = _plan(tmp_path, [("NVIDIA A100-SXM4-80GB", "535.104.05")], UNREACHABLE)
-    assert cut_off["torch"] == "torch==2.10.0"  # the newest PyPI wheel built for CUDA 12
+    assert cut_off["torch"] == "torch==2.10.0 torchvision"  # the newest PyPI wheel built for CUDA 12
     old = _plan(tmp_path, [("Tesla V100-SXM2-16GB", "470.82.01")], torch_index)
-    assert old["torch"] == f"torch>=2.1,<2.8 --index-url {torch_index}/cu118"
+    assert old["torch"] == f"torch>=2.1,<2.8 torchvision --index-url {torch_index}/cu118"
     assert old["faiss"] == "faiss-cpu" and "too old for faiss-gpu" in old["note"]
     ancient = _plan(tmp_path, [("Tesla K80", "418.87.01")], torch_index)
     assert ancient["torch"] == "torch==2.13.0" and "update it" in ancient["note"]

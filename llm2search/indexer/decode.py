@@ -15,6 +15,7 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from ..models.exif import PhotoExif
+from ..models.gpu_preprocess import JpegHeader, jpeg_header
 from ..models.preprocess import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image
 from ..models.spec import PreprocessConfig
 from .scan import FileEntry
@@ -26,6 +27,7 @@ class DecodeOptions:
     max_pixels: int = DEFAULT_MAX_PIXELS
     draft: bool = True
     log_path: str | None = None  # where decoder libraries' own messages go (libtiff, libjpeg, ...)
+    gpu_jpeg: bool = False  # JPEGs the GPU can decode are passed on undecoded (indexer/gpu_decode.py)
 
 
 class _NativeStderr:
@@ -78,6 +80,8 @@ class Decoded:
     format: str = ""
     exif: PhotoExif = PhotoExif()
     error: str | None = None  # set when the file could not be used
+    jpeg: bytes | None = None  # with gpu_jpeg: the file, to be decoded on the GPU (pixels None)
+    header: JpegHeader | None = None
 
 
 def decode_file(entry: FileEntry, options: DecodeOptions) -> Decoded:
@@ -100,6 +104,10 @@ def _decode_file(entry: FileEntry, options: DecodeOptions) -> Decoded:
     if not data:
         return Decoded(entry, error="empty file (0 bytes)")
     digest = hashlib.blake2b(data, digest_size=16).hexdigest()
+    header = jpeg_header(data, options.max_pixels) if options.gpu_jpeg else None
+    if header is not None:
+        width, height = header.display_size
+        return Decoded(entry, digest, None, width, height, "JPEG", header.exif, jpeg=data, header=header)
     try:
         img = decode_image(data, options.preprocess, options.max_pixels, options.draft)
     except ImageDecodeError as e:
@@ -113,16 +121,17 @@ def _decode_chunk(entries: list[FileEntry], options: DecodeOptions) -> list[Deco
 
 def decode_stream(
     entries: Iterable[FileEntry], options: DecodeOptions, workers: int, chunk: int = 8,
-    read_ahead: int = 4,
+    read_ahead: int = 4, min_in_flight: int = 0,
 ) -> Iterator[Decoded]:
     """Decoded files in completion order. At most `workers * read_ahead` chunks are in flight,
-    so memory stays bounded however large the collection. `workers=0` decodes in-process."""
+    or enough chunks for `min_in_flight` files (one model batch) if that is more, so memory stays
+    bounded however large the collection. `workers=0` decodes in-process."""
     if workers <= 0:
         for e in entries:
             yield decode_file(e, options)
         return
     method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
-    limit = workers * read_ahead
+    limit = max(workers * read_ahead, -(-min_in_flight // chunk))
     with ProcessPoolExecutor(workers, mp_context=mp.get_context(method)) as pool:
         pending: set[Future] = set()
         batch: list[FileEntry] = []

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -27,6 +27,7 @@ from .exclude import ExcludeConfig, ExcludeRules
 from .decode import DecodeOptions, decode_stream, default_workers
 from .failures import FailureList
 from .rows import meta_row
+from .gpu_decode import decoder_for, gpu_jpeg_stream, gpu_possible
 from .scan import IMAGE_EXTENSIONS, scan
 from .state import IndexState
 
@@ -55,6 +56,7 @@ class IndexingConfig:
     # Index on a Ray cluster instead of this host: "auto", an address, or a cluster.RayConfig
     # (llm2search.index_folder and the CLI hand such a run to llm2search.cluster).
     ray: Any = None
+    gpu_decode: bool = True  # decode JPEGs on the GPU (batched nvJPEG) when the model runs on one
 
 
 @dataclass
@@ -260,7 +262,17 @@ class _Run:
             workers = 0  # starting worker processes costs more than decoding a few files
         self._workers = workers
         progress = _progress(plan.embed.num_rows, self.config.progress)
-        for item in decode_stream(plan.files(), options, workers):
+        # Only a run that may use a GPU asks for the model's device and batch here (which loads
+        # torch); a rerun that only re-hashes renamed files must not.
+        maybe_gpu = self._embedder is not None or gpu_possible(self.config.device)
+        decoder = decoder_for(getattr(self.embedder, "device", "cpu")) if maybe_gpu and self.config.gpu_decode else None
+        if decoder is not None:
+            options = replace(options, gpu_jpeg=True)
+        # Read ahead at least one model batch (up to 512 on a GPU), so the GPU never waits for refills.
+        items = decode_stream(plan.files(), options, workers, min_in_flight=self.batch_size if maybe_gpu else 0)
+        if decoder is not None:
+            items = gpu_jpeg_stream(items, options, decoder)
+        for item in items:
             self._take(item)
             progress(1)
             if self.pending_pixels and len(self.pending_pixels) >= self.batch_size:
@@ -311,7 +323,7 @@ class _Run:
 
             share_cpu_with_workers(getattr(self, "_workers", 0))
             self._cpu_shared = True
-        vectors = embedder.embed_pixels(np.stack(self.pending_pixels))
+        vectors = embedder.embed_pixels(self.pending_pixels)  # stacked once, by the encoder
         self._add(vectors, self.pending_rows)
         self.report.embedded += len(self.pending_rows)
         self.pending_pixels, self.pending_rows = [], []

@@ -104,6 +104,14 @@ def unusable_gpu_message(gpus: list[NvidiaGpu], torch_version: str, torch_cuda: 
             "use it; check `nvidia-smi` and CUDA_VISIBLE_DEVICES")
 
 
+def nvidia_present() -> bool:
+    """Cheap look for an NVIDIA driver with a device (Linux), without torch or a subprocess: a
+    machine without one never needs to import torch to find out it has no GPU."""
+    import glob
+
+    return os.path.exists("/proc/driver/nvidia/version") or bool(glob.glob("/dev/nvidia[0-9]*"))
+
+
 def cuda_visible() -> bool:
     """False when CUDA_VISIBLE_DEVICES hides every GPU on purpose (then torch seeing none is fine)."""
     value = os.environ.get("CUDA_VISIBLE_DEVICES")

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+import copy
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -40,7 +41,8 @@ class Embedder:
             if len(self.devices) == 1:
                 self._image = first
             else:
-                others = [ImageEncoder(load_clip_model(self.spec, d), self.spec, d) for d in self.devices[1:]]
+                # Read from disk once: the other devices get copies of the loaded tower.
+                others = [ImageEncoder(copy.deepcopy(first.model).to(d), self.spec, d) for d in self.devices[1:]]
                 self._image = MultiDeviceImageEncoder([first, *others])
         return self._image
 
@@ -55,7 +57,8 @@ class Embedder:
             self._text = TextEncoder(l2v, self._clip_model(), self.spec, self.device)
         return self._text
 
-    def embed_pixels(self, pixels: np.ndarray) -> np.ndarray:
+    def embed_pixels(self, pixels: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
+        """(N, S, S, 3) uint8 crops, as one array or a list of (S, S, 3) arrays."""
         return self.image_encoder.encode(pixels)
 
     def embed_texts(self, texts: list[str]) -> np.ndarray:

@@ -79,9 +79,23 @@ def model_dtype(device: str, prefer_bf16: bool = False) -> Any:
         return getattr(torch, name)
     if not device.startswith("cuda"):
         return torch.float32
-    if prefer_bf16 and torch.cuda.is_bf16_supported():
+    if prefer_bf16 and native_bf16(device):
         return torch.bfloat16
     return torch.float16
+
+
+def native_bf16(device: str) -> bool:
+    """bf16 in hardware: compute capability 8.0 (Ampere) and later. `is_bf16_supported()` also
+    says yes for older GPUs, where bf16 is emulated and slow; those get fp16."""
+    import torch
+
+    return torch.cuda.get_device_capability(torch.device(device))[0] >= 8
+
+
+def _straight_to(device: str) -> dict[str, Any]:
+    """from_pretrained options that put the weights on `device` as they are read, instead of
+    building the model in host RAM and copying it over (8B parameters: 16 GB of host RAM)."""
+    return {"low_cpu_mem_usage": True, **({"device_map": {"": device}} if device.startswith("cuda") else {})}
 
 
 def _source(path_or_id: str, revision: str | None, local: bool) -> tuple[str, dict[str, Any]]:
@@ -106,10 +120,10 @@ def load_clip_model(spec: ModelSpec, device: str) -> Any:
 
     source, kwargs = _source(spec.vision, spec.vision_revision, spec.local)
     try:
-        model = AutoModel.from_pretrained(source, torch_dtype=model_dtype(device), **kwargs)
+        model = AutoModel.from_pretrained(source, torch_dtype=model_dtype(device), **_straight_to(device), **kwargs)
     except (OSError, ValueError, ImportError) as e:
         raise ModelLoadError(_load_hint(source, e)) from e
-    return model.to(device).eval()
+    return (model if device.startswith("cuda") else model.to(device)).eval()
 
 
 def load_llm2vec(spec: ModelSpec, device: str) -> Any:
@@ -130,7 +144,8 @@ def load_llm2vec(spec: ModelSpec, device: str) -> Any:
         config = AutoConfig.from_pretrained(source, **revision)
         model_class = LLM2Vec._get_model_class(type(config).__name__, enable_bidirectional=True)
         model = model_class.from_pretrained(
-            source, config=config, torch_dtype=model_dtype(device, prefer_bf16=True), **revision
+            source, config=config, torch_dtype=model_dtype(device, prefer_bf16=True), **_straight_to(device),
+            **revision,
         )
     except (OSError, ValueError, ImportError) as e:
         raise ModelLoadError(_load_hint(source, e)) from e
@@ -140,7 +155,7 @@ def load_llm2vec(spec: ModelSpec, device: str) -> Any:
     model.config._name_or_path = spec.text_config.template_name or str(source)
     max_length = spec.text_config.max_length
     return LLM2Vec(
-        model.to(device).eval(),
+        (model if device.startswith("cuda") else model.to(device)).eval(),
         tokenizer,
         pooling_mode=spec.text_config.pooling_mode,
         max_length=max_length,

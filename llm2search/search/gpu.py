@@ -17,7 +17,6 @@ StandardGpuResources for the whole process, shared by every index and every relo
 
 from __future__ import annotations
 
-import glob
 import logging
 import os
 import threading
@@ -198,9 +197,10 @@ def gpu_resources(device_id: int) -> Any:
 
 
 def nvidia_present() -> bool:
-    """Cheap, torch-free look for an NVIDIA driver with a device (Linux): a CPU-only machine
-    then opens an index without importing torch."""
-    return os.path.exists("/proc/driver/nvidia/version") or bool(glob.glob("/dev/nvidia[0-9]*"))
+    """A CPU-only machine opens an index without importing torch (models/cuda_builds.py)."""
+    from ..models.cuda_builds import nvidia_present as present
+
+    return present()
 
 
 def faiss_gpus() -> int:

@@ -33,10 +33,14 @@ class LLM2CLIPModel(PreTrainedModel):
     config_class = LLM2CLIPConfig
     base_model_prefix = "llm2clip"
     main_input_name = "pixel_values"
+    _supports_sdpa = True  # transformers' CLIP vision attention has an SDPA version
 
     def __init__(self, config):
         super().__init__(config)
         vision_config = CLIPVisionConfig(**config.vision_config)
+        # The tower uses the attention from_pretrained chose for the model (SDPA by default), not
+        # the eager default of a freshly built CLIPVisionConfig.
+        vision_config._attn_implementation = config._attn_implementation
         self.vision_model = CLIPVisionTransformer(vision_config)
         self.visual_projection = nn.Linear(vision_config.hidden_size, config.projection_dim, bias=False)
         self.text_adapter = LLM2CLIPAdapter(
