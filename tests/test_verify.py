@@ -67,7 +67,7 @@ def damage(path: Path, how: str) -> None:
         path.unlink()
 
 
-FILES = ["vectors.npy", "meta.parquet", "index.faiss", "tombstones", "trained", "errors"]
+FILES = ["vectors.npy", "meta.parquet", "meta.arrow", "index.faiss", "tombstones", "trained", "errors"]
 HOWS = ["flip", "truncate", "empty", "missing"]
 
 

@@ -28,6 +28,7 @@ SHARD_NAME = re.compile(r"[0-9]{6,}-[0-9a-f]{8}")
 TOMBSTONES_NAME = re.compile(r"tombstones-[0-9a-f]{12}\.npy")
 TRAINED_NAME = re.compile(r"trained(-[0-9a-f]{16})?\.faiss")
 SHARD_FILES = ("index.faiss", "meta.parquet", "vectors.npy")
+OPTIONAL_SHARD_FILES = ("meta.arrow",)  # the memory-mapped metadata searches read (store/meta_map.py)
 ERRORS_NAME = re.compile(r"errors(-[0-9a-f]{16})?\.parquet")
 SHA256 = re.compile(r"[0-9a-f]{64}")
 JOB_ID = re.compile(r"[0-9a-f]{16}")  # a distributed run's folder under jobs/ (store/jobs.py)
@@ -62,6 +63,7 @@ class Manifest:
     errors_file: str | None = None  # errors.parquet when any file failed
     errors_sha256: str | None = None  # with its size; None in older manifests
     errors_size: int | None = None
+    errors_count: int | None = None  # rows of the error list, so `info` needs no Parquet reader
     roots: tuple[str, ...] = ()  # canonical folders indexed into it (files are served from these)
     # An unfinished distributed run: {"id", "file", "sha256", "size"} of its state file
     # (store/jobs.py). Absent in older manifests, and dropped by every commit that does not name it.
@@ -120,6 +122,7 @@ class Manifest:
             raise ValueError(f"errors_file is {d['errors_file']!r}")
         _want(d, "errors_sha256", str)
         _want(d, "errors_size", int)
+        _want(d, "errors_count", int)
         _want(d, "roots", list)
         if not all(isinstance(r, str) for r in d.get("roots") or ()):
             raise ValueError("roots holds something that is not a path")
@@ -168,11 +171,12 @@ def _shard_from_json(i: int, s: Any) -> ShardInfo:
     _want(s, "tombstones", str)
     _want(s, "tombstones_sha256", str)
     files, sizes = s["files"], s.get("sizes") or {}
-    if set(files) != set(SHARD_FILES) or not all(isinstance(v, str) and SHA256.fullmatch(v) for v in files.values()):
+    if (not set(SHARD_FILES) <= set(files) <= set(SHARD_FILES + OPTIONAL_SHARD_FILES)
+            or not all(isinstance(v, str) and SHA256.fullmatch(v) for v in files.values())):
         raise ValueError(f"{where} does not name its three files with their sha256")
     if s.get("tombstones") is not None and not TOMBSTONES_NAME.fullmatch(s["tombstones"]):
         raise ValueError(f"{where} names the tombstone file {s['tombstones']!r}")
-    allowed = set(SHARD_FILES) | ({s["tombstones"]} if s.get("tombstones") else set())
+    allowed = set(files) | ({s["tombstones"]} if s.get("tombstones") else set())
     if not set(sizes) <= allowed or not all(isinstance(v, int) and v >= 0 for v in sizes.values()):
         raise ValueError(f"{where} records sizes of unknown files")
     deleted = s.get("deleted") or 0

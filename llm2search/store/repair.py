@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .manifest import commit_manifest, read_manifest
+from .meta_map import META_MAP_FILE
 from .shard import INDEX_FILE, read_shard_meta, reindex_shard
 from .verify import Problem, verify_index
 from .writer import IndexWriter, collect_garbage
@@ -56,7 +57,8 @@ def repair_index(index_dir: Path) -> RepairReport:
             problems = by_shard.get(shard.name)
             if not problems:
                 shards.append(shard)
-            elif all(p.file.endswith("/" + INDEX_FILE) for p in problems):
+            elif all(p.file.endswith(("/" + INDEX_FILE, "/" + META_MAP_FILE)) for p in problems):
+                # Both are rebuilt from the shard's vectors and meta.parquet (reindex_shard).
                 if trained_bad:
                     shards.append(shard)  # retraining below gives it a new index anyway
                 else:
@@ -68,7 +70,7 @@ def repair_index(index_dir: Path) -> RepairReport:
         report.folders = sorted(set(report.folders))
         updates: dict[str, Any] = {"shards": tuple(shards)}
         if report.errors_dropped:
-            updates.update(errors_file=None, errors_sha256=None, errors_size=None)
+            updates.update(errors_file=None, errors_sha256=None, errors_size=None, errors_count=None)
         writer.manifest = commit_manifest(index_dir, replace(m, **updates))
         if trained_bad:
             writer._trained = None

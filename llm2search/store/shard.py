@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 from .columns import array as column_array
 from .atomic import fsync_dir, fsync_file, write_atomic
 from .manifest import SHARD_NAME, SHARDS, ShardInfo
+from .meta_map import META_MAP_FILE, MetaMapWriter, ShardMeta
 from .vector_file import VectorReader, VectorWriter
 from .vector_index import build_shard_index, read_shard_index, write_shard_index
 
@@ -124,7 +125,10 @@ def write_shard(index_dir: Path, name: str, data: ShardData, trained: Any | None
     np.save(tmp / VECTORS_FILE, vectors16)
     # The index is built from the stored float16 values so re-rank and index agree exactly.
     write_shard_index(build_shard_index(vectors16, trained), tmp / INDEX_FILE)
-    pq.write_table(conform_meta(data.meta), tmp / META_FILE, compression="zstd")
+    meta = conform_meta(data.meta)
+    pq.write_table(meta, tmp / META_FILE, compression="zstd")
+    with MetaMapWriter(tmp / META_MAP_FILE, META_SCHEMA) as mapped:
+        mapped.write(meta)
     return _publish(index_dir, tmp, name, len(vectors16))
 
 
@@ -153,23 +157,35 @@ def merge_shards(index_dir: Path, name: str, parts: list[tuple[ShardInfo, np.nda
     out.close()
     write_shard_index(index, tmp / INDEX_FILE)
     del index
-    with pq.ParquetWriter(tmp / META_FILE, META_SCHEMA, compression="zstd") as writer:
+    with (pq.ParquetWriter(tmp / META_FILE, META_SCHEMA, compression="zstd") as writer,
+          MetaMapWriter(tmp / META_MAP_FILE, META_SCHEMA) as mapped):
         for shard, keep in parts:
-            with pq.ParquetFile(shard_dir(index_dir, shard.name) / META_FILE) as f:
-                start = 0
-                for batch in f.iter_batches(batch_size=META_BATCH_ROWS):
-                    lo, hi = np.searchsorted(keep, [start, start + batch.num_rows])
-                    if hi > lo:
-                        rows = column_array(keep[lo:hi] - start, pa.int64())
-                        writer.write_table(conform_meta(pa.Table.from_batches([batch.take(rows)])))
-                    start += batch.num_rows
+            for table in _meta_batches(index_dir, shard, keep):
+                writer.write_table(table)
+                mapped.write(table)
     return _publish(index_dir, tmp, name, total)
+
+
+def _meta_batches(index_dir: Path, shard: ShardInfo, keep: np.ndarray | None = None) -> Iterator[pa.Table]:
+    """The shard's metadata rows (all, or the sorted positions `keep`) as META_SCHEMA tables
+    of at most META_BATCH_ROWS rows, read a Parquet batch at a time."""
+    with pq.ParquetFile(shard_dir(index_dir, shard.name) / META_FILE) as f:
+        start = 0
+        for batch in f.iter_batches(batch_size=META_BATCH_ROWS):
+            table = pa.Table.from_batches([batch])
+            if keep is not None:
+                lo, hi = np.searchsorted(keep, [start, start + batch.num_rows])
+                table = table.take(column_array(keep[lo:hi] - start, pa.int64())) if hi > lo else None
+            start += batch.num_rows
+            if table is not None:
+                yield conform_meta(table)
 
 
 def reindex_shard(index_dir: Path, old: ShardInfo, new_name: str, trained: Any | None) -> ShardInfo:
     """Same rows under a new name with an index built from the stored vectors (after training a
     new quantizer). Metadata and vectors are hard-linked, so nothing is re-embedded or copied;
-    the vectors are read a chunk at a time (store/vector_file.py)."""
+    the vectors are read a chunk at a time (store/vector_file.py). meta.arrow is written anew
+    from meta.parquet (shards of older versions gain one; a damaged one is replaced)."""
     src = shard_dir(index_dir, old.name)
     shards = Path(index_dir) / SHARDS
     tmp = _fresh_tmp(index_dir, new_name)
@@ -177,9 +193,14 @@ def reindex_shard(index_dir: Path, old: ShardInfo, new_name: str, trained: Any |
         _link_or_copy(src / f, tmp / f)
     with VectorReader(src / VECTORS_FILE) as reader:
         write_shard_index(build_shard_index(reader.chunks(), trained, reader.dim), tmp / INDEX_FILE)
-    fsync_file(tmp / INDEX_FILE)
-    files = dict(old.files, **{INDEX_FILE: sha256_file(tmp / INDEX_FILE)})
-    sizes = {f: (tmp / f).stat().st_size for f in (INDEX_FILE, META_FILE, VECTORS_FILE)}
+    with MetaMapWriter(tmp / META_MAP_FILE, META_SCHEMA) as mapped:
+        for table in _meta_batches(index_dir, old):
+            mapped.write(table)
+    files = dict(old.files)
+    for f in (INDEX_FILE, META_MAP_FILE):
+        fsync_file(tmp / f)
+        files[f] = sha256_file(tmp / f)
+    sizes = {f: (tmp / f).stat().st_size for f in files}
     if old.tombstones:
         _link_or_copy(src / old.tombstones, tmp / old.tombstones)
         sizes[old.tombstones] = (tmp / old.tombstones).stat().st_size
@@ -202,7 +223,7 @@ def _publish(index_dir: Path, tmp: Path, name: str, count: int) -> ShardInfo:
     """fsync the shard's files, record their sha256 and sizes, rename it into place."""
     shards = Path(index_dir) / SHARDS
     files, sizes = {}, {}
-    for f in (INDEX_FILE, META_FILE, VECTORS_FILE):
+    for f in (INDEX_FILE, META_FILE, VECTORS_FILE, META_MAP_FILE):
         fsync_file(tmp / f)
         files[f] = sha256_file(tmp / f)
         sizes[f] = (tmp / f).stat().st_size
@@ -250,6 +271,14 @@ def open_shard_index(index_dir: Path, shard: ShardInfo, quantizer: Any | None = 
 
 def open_shard_vectors(index_dir: Path, shard: ShardInfo) -> np.ndarray:
     return np.load(shard_dir(index_dir, shard.name) / VECTORS_FILE, mmap_mode="r")
+
+
+def open_shard_meta(index_dir: Path, shard: ShardInfo) -> ShardMeta:
+    """The shard's metadata for search: meta.arrow memory-mapped when the shard has one, else
+    meta.parquet read into memory (shards written before meta.arrow)."""
+    if META_MAP_FILE in shard.files:
+        return ShardMeta.mapped(shard_dir(index_dir, shard.name) / META_MAP_FILE, META_SCHEMA)
+    return ShardMeta.in_memory(read_shard_meta(index_dir, shard))
 
 
 def read_shard_meta(index_dir: Path, shard: ShardInfo, columns: list[str] | None = None) -> pa.Table:

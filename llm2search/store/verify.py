@@ -12,6 +12,7 @@ import numpy as np
 
 from ..errors import ShardCorruptError
 from .manifest import SHARDS, Manifest, ShardInfo, read_manifest
+from .meta_map import META_MAP_FILE
 from .shard import INDEX_FILE, META_FILE, VECTORS_FILE, read_tombstones, sha256_file
 from .vector_file import VectorReader
 
@@ -88,7 +89,7 @@ def verify_shard(index_dir: Path, shard: ShardInfo, dim: int, report: VerifyRepo
     the files rows are copied from (metadata, vectors, tombstones): a merge rebuilds the index."""
     folder = Path(index_dir) / SHARDS / shard.name
     problems = []
-    named = {f: d for f, d in shard.files.items() if not (rows_only and f == INDEX_FILE)}
+    named = {f: d for f, d in shard.files.items() if not (rows_only and f in (INDEX_FILE, META_MAP_FILE))}
     if shard.tombstones:
         named[shard.tombstones] = shard.tombstones_sha256  # type: ignore[assignment]
     for name, digest in named.items():
@@ -167,12 +168,21 @@ def _check_structure(folder: Path, shard: ShardInfo, dim: int, index_dir: Path,
             ntotal = _ntotal(folder / INDEX_FILE)
             if ntotal != shard.count:
                 return f"holds {ntotal} vectors, not {shard.count}"
+        elif name == META_MAP_FILE:
+            import pyarrow as pa
+
+            with pa.memory_map(str(folder / META_MAP_FILE), "r") as source:
+                reader = pa.ipc.open_file(source)
+                rows = sum(reader.get_batch(i).num_rows for i in range(reader.num_record_batches))
+            if rows != shard.count:
+                return f"has {rows} rows, not {shard.count}"
         elif len(read_tombstones(index_dir, shard)) != shard.deleted:
             return f"does not hold {shard.deleted} rows"
         return None
 
     names = [VECTORS_FILE, META_FILE] + ([shard.tombstones] if shard.tombstones else [])
-    for name in names + ([] if rows_only else [INDEX_FILE]):
+    derived = [INDEX_FILE] + ([META_MAP_FILE] if META_MAP_FILE in shard.files else [])
+    for name in names + ([] if rows_only else derived):
         try:
             what = check(name)
         except (OSError, ValueError, RuntimeError, EOFError) as e:

@@ -341,7 +341,7 @@ class IndexWriter:
     def _write_errors(self, errors: pa.Table) -> dict[str, Any]:
         """The manifest fields naming a new error list (none when it is empty)."""
         if errors.num_rows == 0:
-            return {"errors_file": None, "errors_sha256": None, "errors_size": None}
+            return {"errors_file": None, "errors_sha256": None, "errors_size": None, "errors_count": None}
         # Content-named like the trained file, so a crash before the manifest commit leaves
         # the committed error list (and its checksum) as it was.
         tmp = self.dir / f".{ERRORS}.tmp-{os.getpid()}"
@@ -349,7 +349,8 @@ class IndexWriter:
         digest = sha256_file(tmp)
         name = f"{ERRORS_PREFIX}{digest[:16]}.parquet"
         os.replace(tmp, self.dir / name)
-        return {"errors_file": name, "errors_sha256": digest, "errors_size": (self.dir / name).stat().st_size}
+        return {"errors_file": name, "errors_sha256": digest, "errors_size": (self.dir / name).stat().st_size,
+                "errors_count": errors.num_rows}
 
 
 def read_errors(index_dir: Path, manifest: Manifest) -> pa.Table:
