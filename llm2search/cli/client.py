@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import mimetypes
-import urllib.error
-import urllib.request
 import uuid
 from typing import Any, Optional
 
@@ -34,6 +32,11 @@ def post_multipart(server: str, path: str, fields: list[tuple[str, str]],
 
 
 def send(server: str, path: str, data: bytes, content_type: str, token: Optional[str]) -> Any:
+    # Imported here: urllib.request (http.client, ssl, email) is a third of the CLI's start-up
+    # imports, and every command but `query --server` and `match --server` goes without it.
+    import urllib.error
+    import urllib.request
+
     url = server.rstrip("/") + path
     if not url.startswith(("http://", "https://")):
         raise Llm2SearchError(f"--server must be an http:// or https:// URL, got {server!r}")

@@ -76,6 +76,7 @@ class IndexReport:
     live: int = 0
     index_type: str = ""
     warnings: list[str] = field(default_factory=list)  # e.g. damaged shards left out of compaction
+    training: dict[str, Any] | None = None  # when this run (re)trained IVF-PQ: sizes and timings
 
     @property
     def images_per_second(self) -> float:
@@ -109,6 +110,7 @@ def index_folder(
         report.live = writer.manifest.count
         report.index_type = writer.manifest.index_type
         report.warnings = list(writer.warnings)
+        report.training = writer.training
     report.seconds = time.monotonic() - started
     return report
 
@@ -138,6 +140,7 @@ def index_paths(
         report.live = writer.manifest.count
         report.index_type = writer.manifest.index_type
         report.warnings = list(writer.warnings)
+        report.training = writer.training
     report.seconds = time.monotonic() - started
     return report
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -86,7 +87,8 @@ class IndexWriter:
             self.manifest = commit_manifest(self.dir, Manifest(model=model_identity, dim=dim))
         self._trained: Any | None = None
         self._intact: set[str] = set()  # shards checked (or written) by this writer
-        self.warnings: list[str] = []  # what the run should tell the user (damaged shards left alone)
+        self.warnings: list[str] = []
+        self.training: dict[str, Any] | None = None  # what the last maybe_train did, with timings  # what the run should tell the user (damaged shards left alone)
         self._seq = 1 + max((int(s.name.split("-")[0]) for s in self.manifest.shards), default=0)
         self._job: JobState | None = None
         if self.manifest.job is not None:
@@ -208,11 +210,14 @@ class IndexWriter:
         for shard in m.shards:  # retraining rewrites every shard: refuse if one is damaged
             self._require_intact(shard)
         nlist = self.config.nlist or choose_nlist(n)
+        started = time.perf_counter()
         sample = self._write_sample(nlist * TRAIN_POINTS_PER_LIST)
+        sampled = time.perf_counter()
         try:
             trained, factory = train_ivfpq(sample, nlist)
         finally:
             sample.unlink(missing_ok=True)
+        fitted = time.perf_counter()
         # Content-named, so the manifest commit alone decides which quantizer is current.
         tmp = self.dir / f".{TRAINED}.tmp-{os.getpid()}"
         write_atomic(tmp, lambda path: write_index(trained, path))
@@ -228,6 +233,9 @@ class IndexWriter:
         ))
         self._trained = trained
         collect_garbage(self.dir, self.manifest)
+        self.training = {"vectors": n, "nlist": index_nlist(trained), "sample": min(n, nlist * TRAIN_POINTS_PER_LIST),
+                         "sample_s": round(sampled - started, 2), "kmeans_s": round(fitted - sampled, 2),
+                         "reindex_s": round(time.perf_counter() - fitted, 2), "shards": len(shards)}
         return True
 
     def _reindex(self, shards: tuple[ShardInfo, ...], trained: Any) -> list[ShardInfo]:
