@@ -17,6 +17,7 @@ from .export import export
 from .index import index
 from .info import info
 from .query import match, query
+from .remove import remove
 from .serve import serve
 from .verify import verify
 from .watch import watch
@@ -36,6 +37,7 @@ app.command()(verify)
 app.command()(export)
 app.command()(duplicates)
 app.command()(watch)
+app.command()(remove)
 app.add_typer(dev_app, name="dev")
 app.add_typer(demo_app, name="demo")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import mimetypes
+import urllib.parse
 import uuid
 from typing import Any, Optional
 
@@ -31,16 +32,33 @@ def post_multipart(server: str, path: str, fields: list[tuple[str, str]],
     return send(server, path, b"".join(parts), f"multipart/form-data; boundary={boundary}", token)
 
 
+def check_server_url(server: str) -> str:
+    """The base URL, or one clear error naming what is wrong with it."""
+    bad = Llm2SearchError(f"--server must be a URL such as http://127.0.0.1:8000, got {server!r}")
+    try:
+        parts = urllib.parse.urlsplit(server.strip())
+        port = parts.port  # ValueError for a port that is not a number in 0-65535
+    except ValueError:
+        raise bad from None
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+        raise bad
+    if port == 0 or any(c.isspace() or ord(c) < 32 for c in server.strip()):
+        raise bad
+    return server.strip().rstrip("/")
+
+
 def send(server: str, path: str, data: bytes, content_type: str, token: Optional[str]) -> Any:
     # Imported here: urllib.request (http.client, ssl, email) is a third of the CLI's start-up
     # imports, and every command but `query --server` and `match --server` goes without it.
+    import http.client
     import urllib.error
     import urllib.request
 
-    url = server.rstrip("/") + path
-    if not url.startswith(("http://", "https://")):
-        raise Llm2SearchError(f"--server must be an http:// or https:// URL, got {server!r}")
-    request = urllib.request.Request(url, data=data, method="POST", headers={"Content-Type": content_type})
+    url = check_server_url(server) + path
+    try:
+        request = urllib.request.Request(url, data=data, method="POST", headers={"Content-Type": content_type})
+    except ValueError as e:
+        raise Llm2SearchError(f"--server {server!r} is not a usable URL: {e}") from e
     if token:
         request.add_header("Authorization", f"Bearer {token}")
     try:
@@ -53,6 +71,6 @@ def send(server: str, path: str, data: bytes, content_type: str, token: Optional
             message = e.reason
         hint = " (pass --token or set LLM2SEARCH_TOKEN)" if e.code == 401 else ""
         raise Llm2SearchError(f"the server answered {e.code}: {message}{hint}") from e
-    except (urllib.error.URLError, OSError) as e:
+    except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError) as e:
         reason = getattr(e, "reason", e)
         raise Llm2SearchError(f"cannot reach {server}: {reason}; start one with `llm2search serve`") from e

@@ -8,7 +8,7 @@ from typing import Any, NoReturn, Optional
 
 import typer
 
-from ..errors import Llm2SearchError
+from ..errors import InputPathError, Llm2SearchError
 from ..paths import default_index_dir
 
 TOKEN_ENV = "LLM2SEARCH_TOKEN"
@@ -71,8 +71,18 @@ def human_bytes(n: int) -> str:
     return f"{n} B"
 
 
-def read_file(path: Path) -> bytes:
+MAX_QUERY_FILE = 256 << 20  # an image given on the command line
+
+
+def read_file(path: Path, limit: int = MAX_QUERY_FILE) -> bytes:
+    """A query image's bytes: only a regular file is opened for reading (a FIFO or a device
+    would block or never end), and only up to `limit` bytes."""
+    from ..indexer.decode import InputRefused, open_regular
+
     try:
-        return Path(path).read_bytes()
+        with open_regular(str(path), limit) as fh:
+            return fh.read(limit + 1)
+    except InputRefused as e:
+        raise InputPathError(f"{path}: {e}") from e
     except OSError as e:
-        raise Llm2SearchError(f"cannot read {path}: {e.strerror or e}") from e
+        raise InputPathError(f"cannot read {path}: {e.strerror or e}") from e

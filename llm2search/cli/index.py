@@ -19,6 +19,7 @@ def index(
     device: str = typer.Option("auto", "--device", help="auto (all GPUs, else CPU), cpu, cuda:1, cuda:0,cuda:1, ..."),
     workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Decode processes (0: in-process)."),
     max_pixels: Optional[int] = typer.Option(None, "--max-pixels", min=1, help="Refuse images larger than this."),
+    max_file_bytes: Optional[int] = typer.Option(None, "--max-file-bytes", min=1, help="Refuse files larger than this many bytes (default 1 GiB); they are recorded, never read."),
     retry_errors: bool = typer.Option(False, "--retry-errors", help="Retry files that failed before."),
     shard_size: int = typer.Option(100_000, "--shard-size", min=1, help="Rows per shard before a new one starts."),
     commit_seconds: float = typer.Option(60.0, "--commit-seconds", min=0, help="Commit finished work at least this often."),
@@ -39,6 +40,7 @@ def index(
 ) -> None:
     """Index a folder of photos (new, changed and deleted files are picked up on a rerun)."""
     from .. import index_folder
+    from ..indexer.decode import DEFAULT_MAX_FILE_BYTES
     from ..indexer.exclude import ExcludeConfig
     from ..indexer.pipeline import IndexingConfig
     from ..models.preprocess import DEFAULT_MAX_PIXELS
@@ -52,6 +54,7 @@ def index(
     config = IndexingConfig(
         model=model, device=device, batch_size=batch_size, workers=workers,
         max_pixels=max_pixels or DEFAULT_MAX_PIXELS, retry_errors=retry_errors,
+        max_file_bytes=max_file_bytes or DEFAULT_MAX_FILE_BYTES,
         shard_size=shard_size, commit_seconds=commit_seconds, retrain=retrain,
         exclude=ExcludeConfig(tuple(exclude or ()), default_excludes), progress=not (quiet or as_json),
         ray=cluster,

@@ -51,7 +51,7 @@ def query(
 
     try:
         flt = SearchFilter(
-            folder=os.path.abspath(os.path.expanduser(folder)) if folder else None,
+            folder=os.path.realpath(os.path.expanduser(folder)) if folder else None,
             after=parse_time(after) if after else None, before=parse_time(before) if before else None,
             types=parse_types(types), min_width=min_width, min_height=min_height, sort=sort,
             min_score=min_score, camera=camera, lens=lens,

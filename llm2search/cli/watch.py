@@ -20,16 +20,19 @@ def watch(
     debounce: float = typer.Option(2.0, "--debounce", min=0.0, help="Seconds without a new event before a batch is indexed."),
     max_delay: float = typer.Option(30.0, "--max-delay", min=0.1, help="Index a batch at the latest this long after its first event."),
     workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Decode processes for large batches (0: in-process)."),
+    max_file_bytes: Optional[int] = typer.Option(None, "--max-file-bytes", min=1, help="Refuse files larger than this many bytes (default 1 GiB); they are recorded, never read."),
     exclude: Optional[List[str]] = typer.Option(None, "--exclude", help="Skip what matches this gitignore-style pattern (repeatable)."),
     default_excludes: bool = typer.Option(True, "--default-excludes/--no-default-excludes", help="Skip dot-files, @eaDir, .git, ... (see README)."),
 ) -> None:
     """Index PATH, then follow its changes (new, changed, moved, deleted files) until Ctrl-C.
     A restart first catches up with what changed while it was not running."""
+    from ..indexer.decode import DEFAULT_MAX_FILE_BYTES
     from ..indexer.exclude import ExcludeConfig
     from ..indexer.pipeline import IndexingConfig
     from ..library.watch import WatchConfig, watch_folder
 
     indexing = IndexingConfig(model=model, device=device, workers=workers,
+                              max_file_bytes=max_file_bytes or DEFAULT_MAX_FILE_BYTES,
                               exclude=ExcludeConfig(tuple(exclude or ()), default_excludes), progress=False)
 
     def ready(report: Any) -> None:

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import hashlib
-import multiprocessing as mp
 import os
+import stat
 import sys
 import tempfile
 import time
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
-from typing import Iterable, Iterator
+from typing import BinaryIO, Iterable, Iterator
 
 import numpy as np
 
@@ -18,7 +17,11 @@ from ..models.exif import PhotoExif
 from ..models.gpu_preprocess import JpegHeader, jpeg_header
 from ..models.preprocess import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image
 from ..models.spec import PreprocessConfig
-from .scan import FileEntry
+from .scan import FileEntry, file_kind
+
+
+DEFAULT_MAX_FILE_BYTES = 1 << 30  # 1 GiB: larger files are recorded as errors, never read
+HASH_BLOCK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -26,6 +29,7 @@ class DecodeOptions:
     preprocess: PreprocessConfig
     max_pixels: int = DEFAULT_MAX_PIXELS
     draft: bool = True
+    max_file_bytes: int | None = DEFAULT_MAX_FILE_BYTES
     log_path: str | None = None  # where decoder libraries' own messages go (libtiff, libjpeg, ...)
     gpu_jpeg: bool = False  # JPEGs the GPU can decode are passed on undecoded (indexer/gpu_decode.py)
 
@@ -85,6 +89,9 @@ class Decoded:
 
 
 def decode_file(entry: FileEntry, options: DecodeOptions) -> Decoded:
+    """Hash and decode one file, streaming: never more than a block of the file in memory
+    beyond what the decoder itself holds. Anything but a regular file is refused unopened
+    (a FIFO would block the read forever, a device would never end)."""
     global _native
     if options.log_path is None:
         return _decode_file(entry, options)
@@ -95,24 +102,78 @@ def decode_file(entry: FileEntry, options: DecodeOptions) -> Decoded:
 
 def _decode_file(entry: FileEntry, options: DecodeOptions) -> Decoded:
     try:
-        with open(entry.path, "rb") as fh:
-            data = fh.read()
+        fh = open_regular(entry.path, options.max_file_bytes)
     except FileNotFoundError:
         return Decoded(entry, error="file disappeared while indexing")
+    except InputRefused as e:
+        return Decoded(entry, error=str(e))
     except OSError as e:
         return Decoded(entry, error=f"cannot read file: {e.strerror or e}")
-    if not data:
-        return Decoded(entry, error="empty file (0 bytes)")
-    digest = hashlib.blake2b(data, digest_size=16).hexdigest()
-    header = jpeg_header(data, options.max_pixels) if options.gpu_jpeg else None
-    if header is not None:
-        width, height = header.display_size
-        return Decoded(entry, digest, None, width, height, "JPEG", header.exif, jpeg=data, header=header)
-    try:
-        img = decode_image(data, options.preprocess, options.max_pixels, options.draft)
-    except ImageDecodeError as e:
-        return Decoded(entry, content_hash=digest, error=str(e))
+    with fh:
+        try:
+            digest, size = _hash(fh, options.max_file_bytes)
+        except InputRefused as e:
+            return Decoded(entry, error=str(e))
+        except OSError as e:
+            return Decoded(entry, error=f"cannot read file: {e.strerror or e}")
+        if size == 0:
+            return Decoded(entry, error="empty file (0 bytes)")
+        fh.seek(0)
+        if options.gpu_jpeg and fh.read(3) == b"\xff\xd8\xff":
+            # The GPU decodes the whole file: only a JPEG (at most max_file_bytes) is read into memory.
+            fh.seek(0)
+            data = fh.read()
+            header = jpeg_header(data, options.max_pixels)
+            if header is not None:
+                width, height = header.display_size
+                return Decoded(entry, digest, None, width, height, "JPEG", header.exif, jpeg=data, header=header)
+        try:
+            fh.seek(0)
+            img = decode_image(fh, options.preprocess, options.max_pixels, options.draft)
+        except ImageDecodeError as e:
+            return Decoded(entry, content_hash=digest, error=str(e))
+        except OSError as e:
+            return Decoded(entry, content_hash=digest, error=f"cannot read file: {e.strerror or e}")
     return Decoded(entry, digest, img.pixels, img.width, img.height, img.format, img.exif)
+
+
+class InputRefused(Exception):
+    """A file that is not opened or not read to the end; the message is the recorded reason."""
+
+
+def open_regular(path: str, max_bytes: int | None = None) -> BinaryIO:
+    """Open `path` for reading only if it is a regular file (of at most `max_bytes`). O_NONBLOCK
+    makes opening a FIFO return at once instead of waiting for a writer."""
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_BINARY", 0)
+    fd = os.open(path, flags)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise InputRefused(f"not a regular file ({file_kind(st.st_mode)}): not read")
+        if max_bytes is not None and st.st_size > max_bytes:
+            raise InputRefused(too_big(st.st_size, max_bytes))
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def too_big(size: int, limit: int) -> str:
+    return (f"file is {size:,} bytes, over the --max-file-bytes limit of {limit:,} "
+            "(raise it if the file is genuine)")
+
+
+def _hash(fh: BinaryIO, limit: int | None) -> tuple[str, int]:
+    h = hashlib.blake2b(digest_size=16)
+    size = 0
+    for block in iter(lambda: fh.read(HASH_BLOCK), b""):
+        size += len(block)
+        if limit is not None and size > limit:  # it grew after the size check
+            raise InputRefused(too_big(size, limit))
+        h.update(block)
+    return h.hexdigest(), size
 
 
 def _decode_chunk(entries: list[FileEntry], options: DecodeOptions) -> list[Decoded]:
@@ -125,30 +186,21 @@ def decode_stream(
 ) -> Iterator[Decoded]:
     """Decoded files in completion order. At most `workers * read_ahead` chunks are in flight,
     or enough chunks for `min_in_flight` files (one model batch) if that is more, so memory stays
-    bounded however large the collection. `workers=0` decodes in-process."""
+    bounded however large the collection. `workers=0` decodes in-process.
+
+    Workers are plain child processes running this module's worker loop (decode_worker.py),
+    not a multiprocessing pool: they never import the parent's __main__ (a script without an
+    `if __name__ == "__main__"` guard works), they die with the parent even after kill -9
+    (stdin EOF, and PR_SET_PDEATHSIG on Linux), and a decoder that crashes its worker costs
+    only the file that crashed it: the chunk is retried file by file in a fresh worker."""
     if workers <= 0:
         for e in entries:
             yield decode_file(e, options)
         return
-    method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
-    limit = max(workers * read_ahead, -(-min_in_flight // chunk))
-    with ProcessPoolExecutor(workers, mp_context=mp.get_context(method)) as pool:
-        pending: set[Future] = set()
-        batch: list[FileEntry] = []
-        source = iter(entries)
-        exhausted = False
-        while True:
-            while not exhausted and len(pending) < limit:
-                batch = [e for _, e in zip(range(chunk), source)]
-                if not batch:
-                    exhausted = True
-                    break
-                pending.add(pool.submit(_decode_chunk, batch, options))
-            if not pending:
-                return
-            done, pending = wait(pending, return_when=FIRST_COMPLETED)
-            for fut in done:
-                yield from fut.result()
+    from .decode_worker import WorkerPool
+
+    with WorkerPool(workers, options) as pool:
+        yield from pool.run(entries, chunk, read_ahead, min_in_flight)
 
 
 def default_workers() -> int:

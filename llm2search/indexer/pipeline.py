@@ -4,6 +4,7 @@ shards as it goes, so a killed run loses at most the last uncommitted minute of 
 from __future__ import annotations
 
 import os
+import stat
 import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -23,12 +24,12 @@ from ..store.shard import META_SCHEMA, ShardData, open_shard_vectors
 from ..store.vector_index import IndexConfig
 from ..store.writer import ERRORS_SCHEMA, IndexWriter, read_errors
 from .changes import ChangePlan, plan_changes, scan_table, under
+from .decode import DEFAULT_MAX_FILE_BYTES, DecodeOptions, decode_stream, default_workers
 from .exclude import ExcludeConfig, ExcludeRules
-from .decode import DecodeOptions, decode_stream, default_workers
 from .failures import FailureList
 from .rows import meta_row
 from .gpu_decode import decoder_for, gpu_jpeg_stream, gpu_possible
-from .scan import IMAGE_EXTENSIONS, scan
+from .scan import IMAGE_EXTENSIONS, file_kind, scan, scan_path
 from .state import IndexState
 
 if TYPE_CHECKING:
@@ -48,6 +49,7 @@ class IndexingConfig:
     shard_size: int = 100_000  # rows per shard before a new one starts
     commit_seconds: float = 60.0  # a partial shard is committed at least this often
     max_pixels: int = DEFAULT_MAX_PIXELS
+    max_file_bytes: int | None = DEFAULT_MAX_FILE_BYTES  # larger files are recorded, never read
     retry_errors: bool = False  # retry files that failed before even if unchanged
     retrain: bool = False  # retrain the IVF-PQ quantizer from stored vectors now (else automatic)
     index: IndexConfig = field(default_factory=IndexConfig)
@@ -95,16 +97,16 @@ def index_folder(
     """Bring the index up to date with `folder`: add new files, re-embed changed ones, tombstone
     deleted ones, record unreadable ones with their reason. The model is loaded only once a file
     needs embedding, so a rerun that finds nothing new imports neither torch nor the model."""
-    folder = Path(os.path.abspath(os.fspath(folder)))
+    folder = canonical(folder)  # one photo, one entry, whatever path led to it
     index_dir = Path(index_dir)
-    if not folder.exists():
-        raise InputPathError(f"{folder} does not exist; give the folder of photos to index")
+    check_root(folder, index_dir)
     spec = embedder.spec if embedder is not None else choose_model(index_dir, config.model)
     started = time.monotonic()
     report = IndexReport(str(folder), str(index_dir))
     with IndexWriter(index_dir, spec.identity(), spec.dim, config.index) as writer:
         run = _Run(writer, spec, config, report, str(folder), embedder)
         run.execute()
+        writer.record_roots([str(folder)] + sorted(run.linked))
         writer.maybe_train(force=config.retrain)
         writer.compact_after_run(config.shard_size)
         report.live = writer.manifest.count
@@ -113,6 +115,30 @@ def index_folder(
         report.training = writer.training
     report.seconds = time.monotonic() - started
     return report
+
+
+def canonical(path: str | Path) -> Path:
+    """The absolute path with symlinks resolved: indexing a folder through a symlink, or by a
+    relative path, names its photos exactly as indexing it directly does."""
+    return Path(os.path.realpath(os.path.expanduser(os.fspath(path))))
+
+
+def check_root(folder: Path, index_dir: Path) -> None:
+    """One clear error for a folder that cannot be indexed, saying how to drop a vanished one."""
+    try:
+        st = os.stat(folder)
+    except FileNotFoundError:
+        hint = ""
+        if index_exists(index_dir):
+            hint = (f"; if it was moved or deleted, drop its photos from the index with "
+                    f"`llm2search remove {folder} --index {index_dir}`")
+        raise InputPathError(f"{folder} does not exist{hint}") from None
+    except NotADirectoryError:
+        raise InputPathError(f"{folder} is not a folder: a part of the path is a file") from None
+    except OSError as e:
+        raise InputPathError(f"cannot read {folder}: {e.strerror or e}") from e
+    if not (stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode)):
+        raise InputPathError(f"{folder} is {file_kind(st.st_mode)}, not a folder or an image file")
 
 
 def index_paths(
@@ -127,14 +153,17 @@ def index_paths(
     created, changed, moved or deleted; `watch` passes what the file system reported). Each path
     is rescanned as its own root: what exists is indexed as by `index_folder`, what is gone is
     dropped, in the same commits. `folder`'s exclusion rules apply."""
-    folder = Path(os.path.abspath(os.fspath(folder)))
+    given = os.path.abspath(os.fspath(folder))
+    folder = canonical(folder)
     index_dir = Path(index_dir)
+    check_root(folder, index_dir)
     spec = embedder.spec if embedder is not None else choose_model(index_dir, config.model)
     started = time.monotonic()
     report = IndexReport(str(folder), str(index_dir))
     with IndexWriter(index_dir, spec.identity(), spec.dim, config.index) as writer:
-        run = _Run(writer, spec, config, report, str(folder), embedder, _disjoint(folder, paths))
+        run = _Run(writer, spec, config, report, str(folder), embedder, _disjoint(folder, given, paths))
         run.execute()
+        writer.record_roots([str(folder)] + sorted(run.linked))
         if compact:
             writer.compact_after_run(config.shard_size)
         report.live = writer.manifest.count
@@ -145,38 +174,54 @@ def index_paths(
     return report
 
 
-def _disjoint(folder: Path, paths: list[str]) -> list[str]:
-    """The paths under `folder`, without those inside another one of them (rescanned anyway)."""
+def _disjoint(folder: Path, given: str, paths: list[str]) -> list[str]:
+    """The paths under `folder`, without those inside another one of them (rescanned anyway).
+    A path spelled under `given` (the folder as the caller named it, through a symlink, say)
+    is renamed under the canonical `folder`; only the folder part is resolved, so a file that
+    is itself a symlink keeps the name the scan gives it."""
     root = str(folder)
     kept: list[str] = []
-    for p in sorted({os.path.abspath(p) for p in paths}):
+    for p in sorted({_under_root(os.path.abspath(p), root, given) for p in paths}):
         if under(p, root) and not any(under(p, k) for k in kept):
             kept.append(p)
     return kept
 
 
-def _target_scan(root: str, target: str, rules: ExcludeRules) -> Any:
-    """What a rescan of one changed path finds: nothing when it is gone or excluded."""
+def _under_root(path: str, root: str, given: str) -> str:
+    if given != root and not under(path, root) and under(path, given):
+        return root + path[len(given):]
+    return path
+
+
+def _target_scan(root: str, target: str, rules: ExcludeRules, linked: set[str] | None) -> Any:
+    """What a rescan of one changed path finds: nothing when it is gone or excluded. A path
+    that is not a folder is judged as the full scan judges it (a FIFO or a broken symlink is
+    recorded with its reason, never opened)."""
     if target == root:
-        yield from scan(Path(root), rules)
+        yield from scan(Path(root), rules, linked)
     elif rules.excluded_below_root(target):
         return
-    elif os.path.isdir(target) or (os.path.isfile(target) and os.path.splitext(target)[1].lower() in IMAGE_EXTENSIONS):
+    elif os.path.isdir(target):
         try:
-            yield from scan(Path(target), rules)
+            yield from scan(Path(target), rules, linked)
         except OSError:  # gone between the check and the stat: planned as deleted
             return
+    elif os.path.splitext(target)[1].lower() in IMAGE_EXTENSIONS:
+        found = scan_path(target)
+        if found is not None:
+            yield found
 
 
 def plan_folder(writer: IndexWriter, folder: str, retry_errors: bool = False,
                 exclude: ExcludeConfig = ExcludeConfig(), target: str | None = None,
-                state: IndexState | None = None) -> ChangePlan:
+                state: IndexState | None = None, linked: set[str] | None = None) -> ChangePlan:
     """Scan `folder` (or only `target` below it, with `folder`'s exclusion rules) and compare it
-    with the writer's current index (see changes.plan_changes)."""
+    with the writer's current index (see changes.plan_changes); real folders reached through
+    directory symlinks are added to `linked`."""
     if state is None:
         state = _load_state(writer)
     rules = ExcludeRules(folder, exclude)
-    items = scan(Path(folder), rules) if target is None else _target_scan(folder, target, rules)
+    items = scan(Path(folder), rules, linked) if target is None else _target_scan(folder, target, rules, linked)
     return plan_changes(scan_table(items), state, target or folder, read_errors(writer.dir, writer.manifest),
                         retry_errors)
 
@@ -217,6 +262,7 @@ class _Run:
         self.last_commit = time.monotonic()
         self._batch_size = config.batch_size
         self._lookup: Any = None
+        self.linked: set[str] = set()  # real folders reached through directory symlinks
 
     @property
     def embedder(self) -> Any:
@@ -235,13 +281,14 @@ class _Run:
 
     def execute(self) -> None:
         if self.targets is None:
-            self._execute(plan_folder(self.writer, self.root, self.config.retry_errors, self.config.exclude))
+            self._execute(plan_folder(self.writer, self.root, self.config.retry_errors, self.config.exclude,
+                                      linked=self.linked))
         else:
             # Disjoint targets: their plans touch different rows, so one loaded state serves all.
             state = _load_state(self.writer)
             for target in self.targets:
                 self._execute(plan_folder(self.writer, self.root, self.config.retry_errors,
-                                          self.config.exclude, target, state))
+                                          self.config.exclude, target, state, self.linked))
         self._commit(final=True)
 
     def _execute(self, plan: ChangePlan) -> None:
@@ -259,7 +306,8 @@ class _Run:
         self.failures.drop(plan.stale_errors)
 
     def _decode_and_embed(self, plan: ChangePlan) -> None:
-        options = DecodeOptions(self.spec.preprocess, self.config.max_pixels, log_path=str(decode_log_path()))
+        options = DecodeOptions(self.spec.preprocess, self.config.max_pixels,
+                                max_file_bytes=self.config.max_file_bytes, log_path=str(decode_log_path()))
         workers = default_workers() if self.config.workers is None else self.config.workers
         if plan.embed.num_rows < SMALL_RUN:
             workers = 0  # starting worker processes costs more than decoding a few files

@@ -31,15 +31,17 @@ class ScanProblem:
     reason: str
 
 
-def scan(root: Path, rules: ExcludeRules | None = None) -> Iterator[FileEntry | ScanProblem]:
+def scan(root: Path, rules: ExcludeRules | None = None,
+         linked: set[str] | None = None) -> Iterator[FileEntry | ScanProblem]:
     """Yield image files under `root` (or `root` itself), sorted per directory for stable order,
     leaving out what `rules` exclude (default: the built-in skips and the root's ignore file).
-    Directory symlinks are followed once per real directory, so loops end."""
+    Directory symlinks are followed once per real directory, so loops end; the real folders
+    they lead to are added to `linked` (files there are served like files under `root`)."""
     root = Path(os.path.abspath(root))
-    if root.is_file():
-        entry = _stat_entry(str(root))
-        if entry is not None:
-            yield entry
+    if os.path.lexists(root) and not root.is_dir():
+        found = scan_path(str(root))
+        if found is not None:
+            yield found
         return
     if rules is None:
         rules = ExcludeRules(root)
@@ -63,6 +65,8 @@ def scan(root: Path, rules: ExcludeRules | None = None) -> Iterator[FileEntry | 
                 if e.is_dir(follow_symlinks=True):
                     if not rules.excluded(e.path, is_dir=True):
                         subdirs.append(e.path)
+                        if linked is not None and e.is_symlink():
+                            linked.add(os.path.realpath(e.path))
                     continue
             except OSError as err:
                 if not rules.excluded(e.path, is_dir=False):
@@ -76,7 +80,9 @@ def scan(root: Path, rules: ExcludeRules | None = None) -> Iterator[FileEntry | 
                 yield ScanProblem(e.path, _stat_problem(e, err))
                 continue
             if stat.S_ISREG(st.st_mode):
-                yield FileEntry(e.path, st.st_size, st.st_mtime_ns)
+                yield FileEntry(e.path, st.st_size, storable_ns(st.st_mtime_ns))
+            else:  # never opened: a FIFO would block the run, a device would never end
+                yield ScanProblem(e.path, f"not a regular file ({file_kind(st.st_mode)}): not read")
         stack.extend(reversed(subdirs))
 
 
@@ -86,6 +92,32 @@ def _stat_problem(entry: os.DirEntry, err: OSError) -> str:
     return f"cannot stat: {err.strerror or err}"
 
 
-def _stat_entry(path: str) -> FileEntry | None:
-    st = os.stat(path)
-    return FileEntry(path, st.st_size, st.st_mtime_ns) if stat.S_ISREG(st.st_mode) else None
+def scan_path(path: str) -> FileEntry | ScanProblem | None:
+    """One path that is not a folder, judged as the walk judges a file: None when it is gone."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return ScanProblem(path, "broken symlink") if os.path.islink(path) else None
+    except OSError as err:
+        return ScanProblem(path, "symlink loop" if err.errno == errno.ELOOP else f"cannot stat: {err.strerror or err}")
+    if stat.S_ISREG(st.st_mode):
+        return FileEntry(path, st.st_size, storable_ns(st.st_mtime_ns))
+    return ScanProblem(path, f"not a regular file ({file_kind(st.st_mode)}): not read")
+
+
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+
+def storable_ns(ns: int) -> int:
+    """A modification time the index can store (int64 nanoseconds: years 1678-2262). Times
+    outside are clamped, so the file is still indexed; a change between two such times is not
+    seen (docs/reliability.md)."""
+    return min(max(ns, INT64_MIN), INT64_MAX)
+
+
+def file_kind(mode: int) -> str:
+    for test, name in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISDIR, "a directory")):
+        if test(mode):
+            return name
+    return "not a plain file"

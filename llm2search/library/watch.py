@@ -16,7 +16,8 @@ from typing import Any, Callable
 
 from ..errors import InputPathError
 from ..indexer.exclude import ExcludeRules
-from ..indexer.pipeline import IndexingConfig, IndexReport, choose_model, index_folder, index_paths
+from ..indexer.pipeline import (IndexingConfig, IndexReport, canonical, check_root, choose_model, index_folder,
+                                index_paths)
 from ..models.embedder import Embedder
 
 COMPACT_EVERY = 16  # batches between compactions (each batch commits a small shard)
@@ -66,10 +67,12 @@ def watch_folder(folder: str | Path, index_dir: str | Path, config: WatchConfig 
     from watchdog.events import FileSystemEventHandler
     from watchdog.observers import Observer
 
-    folder = Path(os.path.abspath(os.fspath(folder)))
+    # The canonical path, as `index` names photos: events then name them the same way.
+    folder = canonical(folder)
+    index_dir = Path(index_dir)
+    check_root(folder, index_dir)
     if not folder.is_dir():
         raise InputPathError(f"{folder} is not a folder; watch takes the folder of photos to follow")
-    index_dir = Path(index_dir)
     indexing = config.indexing
     embedder = Embedder(choose_model(index_dir, indexing.model), indexing.device)
     events = _Events(ExcludeRules(folder, indexing.exclude))

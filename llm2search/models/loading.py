@@ -15,6 +15,7 @@ from .spec import ModelSpec
 
 log = logging.getLogger(__name__)
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
+_DEVICE = re.compile(r"cpu|mps|(cuda|xpu)(:[0-9]{1,3})?")
 # The 8B Llama needs 32 GB of RAM in float32; bfloat16 halves that on a CPU-only machine.
 LLM_DTYPE_ENV = "LLM2SEARCH_LLM_DTYPE"
 
@@ -28,6 +29,9 @@ def pick_device(requested: str | None = None) -> str:
             return "cuda"
         _warn_unusable_gpu()
         return "cpu"
+    if not _DEVICE.fullmatch(requested):
+        raise ModelLoadError(f"unknown device {requested!r}; use auto, cpu, cuda, cuda:N, or a comma-separated "
+                             "list such as cuda:0,cuda:1")
     if requested.startswith("cuda") and not torch.cuda.is_available():
         problem = torch_gpu_problem()
         raise ModelLoadError(problem if problem else

@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from .exif import PhotoExif, read_exif
-from .raw import RawDecodeError, demosaic, is_tiff_raw, raw_exif, read_raw
+from .raw import TIFF_MAGIC, RawDecodeError, demosaic, is_tiff_raw, raw_exif, read_raw
 from .spec import PreprocessConfig
 
 # AVIF is Pillow's own (11.3+); MPO (phone cameras' multi-frame JPEG) too.
@@ -70,13 +70,11 @@ def decode_image(
     draft: bool = True,
 ) -> DecodedImage:
     """Open, orient, reduce and centre-crop one image. Raises ImageDecodeError with a reason."""
-    if not isinstance(source, bytes):
-        source = source.read()
-    stream = io.BytesIO(source)
+    data, stream = _source(source)  # an OSError reading the file is the caller's to report
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # truncated EXIF, palette transparency notes, ...
-            img, fmt, exif = _open(source, stream)
+            img, fmt, exif = _open(data, stream)
             w, h = img.size
             if w < 1 or h < 1:
                 raise ImageDecodeError(f"image has no pixels ({w}x{h})")
@@ -104,10 +102,24 @@ def decode_image(
     return DecodedImage(pixels, width, height, fmt, exif)
 
 
-def _open(data: bytes, stream: io.BytesIO) -> tuple[Image.Image, str, PhotoExif]:
+def _source(source: bytes | BinaryIO) -> tuple[bytes | None, BinaryIO]:
+    """(the bytes when held in memory, a stream to decode). An open file is decoded from the
+    file, never read whole (a huge file would take its size in memory), except a TIFF: camera
+    RAWs are TIFF containers whose directories are walked in memory."""
+    if isinstance(source, bytes):
+        return source, io.BytesIO(source)
+    head = source.read(len(TIFF_MAGIC[0]))
+    source.seek(-len(head), io.SEEK_CUR)
+    if head in TIFF_MAGIC:
+        data = source.read()
+        return data, io.BytesIO(data)
+    return None, source
+
+
+def _open(data: bytes | None, stream: BinaryIO) -> tuple[Image.Image, str, PhotoExif]:
     """(image to decode, format name, EXIF). A camera RAW opens as its embedded preview, with
     the RAW's own orientation and EXIF; anything else as itself."""
-    if not is_tiff_raw(data):
+    if data is None or not is_tiff_raw(data):
         img = Image.open(stream)
         return img, img.format or "unknown", read_exif(img)
     raw = read_raw(data)

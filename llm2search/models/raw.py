@@ -21,6 +21,7 @@ _STRIP_OFFSETS, _STRIP_COUNTS = 273, 279
 _JPEG_OFFSET, _JPEG_LENGTH = 513, 514
 _CFA, _LINEAR_RAW = 32803, 34892  # photometric interpretations of sensor data, never a preview
 _TYPE_SIZES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8, 13: 4}
+TIFF_MAGIC = (b"II*\x00", b"MM\x00*")  # little- and big-endian TIFF: every RAW format read here
 _MAX_IFDS = 64  # a malformed file may chain directories in a loop
 # JPEG frame markers Pillow decodes: baseline, extended, progressive. Lossless (SOF3) is raw data.
 _DECODABLE_SOF = (0xC0, 0xC1, 0xC2)
@@ -100,7 +101,7 @@ def raw_exif(raw: RawPhoto) -> PhotoExif:
 # -- TIFF structure ----------------------------------------------------------------------------
 def _layout(data: bytes) -> tuple[str, bool, list[dict[int, Any]], int] | None:
     """(format, holds sensor data, every IFD, orientation) of a TIFF, or None if not a TIFF."""
-    if len(data) < 16 or data[:4] not in (b"II*\x00", b"MM\x00*"):
+    if len(data) < 16 or data[:4] not in TIFF_MAGIC:
         return None
     order = "<" if data[:2] == b"II" else ">"
     ifds: list[dict[int, Any]] = []

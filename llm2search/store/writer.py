@@ -3,18 +3,20 @@ followed by one atomic manifest commit; a kill at any moment leaves the last com
 
 from __future__ import annotations
 
+import errno
+import functools
 import os
 import shutil
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence, TypeVar
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..errors import IndexCorruptError, IndexLockedError, ModelMismatchError, ShardCorruptError, reason
+from ..errors import IndexCorruptError, IndexLockedError, IndexWriteError, ModelMismatchError, ShardCorruptError, reason
 from ..models.spec import identities_match
 from .atomic import write_atomic
 from .columns import empty_table
@@ -64,6 +66,31 @@ def crash_point(name: str) -> None:
 _crash_counts: dict[str, int] = {}
 
 
+T = TypeVar("T")
+
+
+def _write_error(index_dir: Path, e: OSError) -> IndexWriteError:
+    what = {errno.ENOSPC: "the disk is full", errno.EROFS: "it is on a read-only file system",
+            errno.EACCES: "permission denied", errno.EPERM: "permission denied",
+            errno.EDQUOT: "the disk quota is exceeded"}.get(e.errno or 0, e.strerror or str(e))
+    return IndexWriteError(f"cannot write the index at {index_dir}: {what} ({e.filename or index_dir}); "
+                           "nothing after its last commit was kept. Free space or fix permissions, then rerun")
+
+
+def _writes(method: Callable[..., T]) -> Callable[..., T]:
+    """A write to the index: an OSError (disk full, read-only, permissions) becomes one clear
+    error; the manifest still names the last commit, and the next writer deletes leftovers."""
+
+    @functools.wraps(method)
+    def write(self: "IndexWriter", *args: Any, **kwargs: Any) -> T:
+        try:
+            return method(self, *args, **kwargs)
+        except OSError as e:
+            raise _write_error(self.dir, e) from e
+
+    return write
+
+
 class IndexWriter:
     """Holds the index's writer lock; use as a context manager."""
 
@@ -71,8 +98,13 @@ class IndexWriter:
                  config: IndexConfig = IndexConfig()):
         self.dir = Path(index_dir)
         self.config = config
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self._lock_fh = _acquire_lock(self.dir / LOCK_FILE)
+        if self.dir.exists() and not self.dir.is_dir():
+            raise IndexWriteError(f"{self.dir} is a file, not an index directory; give --index a directory")
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            self._lock_fh = _acquire_lock(self.dir / LOCK_FILE)
+        except OSError as e:
+            raise _write_error(self.dir, e) from e
         if index_exists(self.dir):
             manifest = read_manifest(self.dir)
             if not identities_match(manifest.model, model_identity):
@@ -84,7 +116,11 @@ class IndexWriter:
                 )
             self.manifest = manifest
         else:
-            self.manifest = commit_manifest(self.dir, Manifest(model=model_identity, dim=dim))
+            try:
+                self.manifest = commit_manifest(self.dir, Manifest(model=model_identity, dim=dim))
+            except OSError as e:
+                self.close()
+                raise _write_error(self.dir, e) from e
         self._trained: Any | None = None
         self._intact: set[str] = set()  # shards checked (or written) by this writer
         self.warnings: list[str] = []
@@ -116,6 +152,7 @@ class IndexWriter:
             self._lock_fh = None
 
     # -- commits -------------------------------------------------------------------------
+    @_writes
     def commit(self, new_shard: ShardData | None = None,
                deletions: dict[str, np.ndarray] | None = None,
                errors: pa.Table | None = None,
@@ -166,6 +203,7 @@ class IndexWriter:
                 _collect_jobs(self.dir, self.manifest)  # the plan and state files are garbage now
         return self.manifest
 
+    @_writes
     def start_job(self, source: dict[str, Any], units: pa.Table, unit_rows: Sequence[int], chunk_rows: int,
                   deletions: dict[str, np.ndarray] | None = None,
                   errors: pa.Table | None = None) -> JobState | None:
@@ -196,6 +234,7 @@ class IndexWriter:
         self._job = job
         return job
 
+    @_writes
     def maybe_train(self, force: bool = False) -> bool:
         """Switch to IVF-PQ past the threshold, or retrain once the collection has grown far
         beyond the sample the quantizer saw. Uses stored vectors: nothing is re-embedded."""
@@ -258,6 +297,7 @@ class IndexWriter:
         merged_rows = self.config.shard_rows(factory_nlist(m.factory)) if m.index_type == "ivfpq" else shard_size
         return self.compact(min_rows=max(1, shard_size // 4), max_rows=max(shard_size, merged_rows))
 
+    @_writes
     def compact(self, min_rows: int, max_rows: int) -> bool:
         """Merge shards smaller than `min_rows` (dropping their tombstoned rows) into shards of
         at most `max_rows`, in one commit. Many tiny shards come from frequent commits."""
