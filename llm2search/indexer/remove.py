@@ -54,6 +54,8 @@ def remove_path(path: str | Path, index_dir: str | Path, shard_size: int = 100_0
             raise InputPathError(f"nothing in the index at {index_dir} is at or under {targets[0]}; "
                                  "see what is indexed with `llm2search query ... --json`")
         writer.commit(None, deletions, errors.filter(pa.array(keep)) if errors_removed else None)
+        for target in targets:
+            writer.record_roots([], drop=target)
         writer.compact_after_run(shard_size)
         return RemoveReport(targets[0], removed, errors_removed, writer.manifest.count)
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+from ..store.shard import storable_ns
 from .exclude import ExcludeRules
 
 IMAGE_EXTENSIONS = frozenset({
@@ -103,16 +104,6 @@ def scan_path(path: str) -> FileEntry | ScanProblem | None:
     if stat.S_ISREG(st.st_mode):
         return FileEntry(path, st.st_size, storable_ns(st.st_mtime_ns))
     return ScanProblem(path, f"not a regular file ({file_kind(st.st_mode)}): not read")
-
-
-INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
-
-
-def storable_ns(ns: int) -> int:
-    """A modification time the index can store (int64 nanoseconds: years 1678-2262). Times
-    outside are clamped, so the file is still indexed; a change between two such times is not
-    seen (docs/reliability.md)."""
-    return min(max(ns, INT64_MIN), INT64_MAX)
 
 
 def file_kind(mode: int) -> str:

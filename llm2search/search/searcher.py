@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import threading
 import weakref
 from collections import OrderedDict
@@ -42,6 +43,7 @@ RERANK_CHUNK_ROWS = 512  # float16 rows gathered and decoded per step of the exa
 NUMPY_DECODE_MAX_ROWS = 1024
 T = TypeVar("T")
 EXIF_FIELDS = ("camera_make", "camera_model", "lens", "gps_lat", "gps_lon", "gps_alt")
+_ROW = re.compile(r"[0-9]{1,12}")
 ALLOWED_CACHE = 32  # row selections kept per shard (the web page repeats the same filter)
 
 
@@ -556,7 +558,7 @@ class SearchIndex:
         """(shard position, row) of a live item id `shard:row`; anything else is not found."""
         name, sep, row_text = str(item_id).rpartition(":")
         owner = self._by_name.get(name) if sep else None
-        if owner is None or not row_text.isdigit() or len(row_text) > 12:
+        if owner is None or not _ROW.fullmatch(row_text):  # ASCII digits: '١' or '²' are no row
             raise ItemNotFoundError(f"no item {item_id!r} in this index (ids look like '000001-1a2b3c4d:17')")
         row = int(row_text)
         shard = self.shards[owner]

@@ -10,10 +10,10 @@ import base64
 import binascii
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 from fastapi import APIRouter, Depends, FastAPI, File, Form, Query, UploadFile
-from fastapi.responses import FileResponse, HTMLResponse, Response
+from fastapi.responses import HTMLResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
 
@@ -167,9 +167,10 @@ def create_app(service: SearchService, token: str | None = None, limits: Limits 
              response_class=Response, responses={200: {"content": {"image/*": {}}}})
     def full_image(item_id: str) -> Response:
         data, media = service.full_image(item_id)
-        if isinstance(data, Path):
-            return FileResponse(data, media_type=media, headers={"Cache-Control": "private, max-age=3600"})
-        return Response(data, media_type=media)
+        if isinstance(data, bytes):
+            return Response(data, media_type=media)
+        # Streamed from the file opened and checked by the service, never re-opened by path.
+        return StreamingResponse(_blocks(data), media_type=media, headers={"Cache-Control": "private, max-age=3600"})
 
     app.include_router(api)
 
@@ -205,6 +206,12 @@ def _mount_docs(app: FastAPI) -> None:
 
     if swagger_ui_path is not None:
         app.mount("/docs-assets", StaticFiles(directory=str(swagger_ui_path)), name="docs-assets")
+
+
+def _blocks(fh: Any) -> Iterator[bytes]:
+    with fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            yield block
 
 
 def _model_name(service: SearchService) -> str:

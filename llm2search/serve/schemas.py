@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, field_validator
 
 from ..search.filters import MAX_NAME_FILTER, SearchFilter
 from .config import Limits
+
+# A date: YYYY-MM-DD or an ISO date-time (checked again by the filter parser).
+DateText = Annotated[str, Field(min_length=4, max_length=40, pattern=r"^[0-9]{4}-[0-9]{2}-[0-9]{2}([T ][0-9:.]+(Z|[+-][0-9:]+)?)?$")]
+
+INT32_MAX = 2**31 - 1
+EPOCH_LIMIT = 253_402_300_799  # 9999-12-31T23:59:59Z: dates beyond are refused, not overflowed
+ITEM_ID = r"^[0-9]{6,}-[0-9a-f]{8}:[0-9]{1,12}$"  # ASCII digits only (Unicode digits are not ids)
+# Texts the model reads: no control characters but tab and newlines (lone surrogates, which
+# JSON can carry, are refused by _not_blank).
+TEXT = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f]*$"
+PATH_TEXT = r"^[^\x00]*$"
 
 
 class NearIn(BaseModel):
@@ -33,21 +44,31 @@ class FilterIn(BaseModel):
     """Restricts and orders results. Dates: 'YYYY-MM-DD', ISO date-time (UTC if no zone) or epoch seconds."""
 
     model_config = ConfigDict(extra="forbid")
-    folder: Optional[str] = Field(None, max_length=4096, description="absolute folder: it and everything below")
-    path_prefix: Optional[str] = Field(None, max_length=4096, description="raw prefix of the absolute path")
-    after: Optional[StrictInt | str] = Field(None, description="taken on or after (EXIF time, else mtime)")
-    before: Optional[StrictInt | str] = Field(None, description="taken before")
-    types: Optional[list[str]] = Field(None, max_length=16, description="file types, e.g. ['jpg', 'png', 'heic']")
-    min_width: Optional[StrictInt] = Field(None, ge=0)
-    min_height: Optional[StrictInt] = Field(None, ge=0)
+    folder: Optional[str] = Field(None, min_length=1, max_length=4096, pattern=PATH_TEXT,
+                                  description="absolute folder: it and everything below")
+    path_prefix: Optional[str] = Field(None, max_length=4096, pattern=PATH_TEXT,
+                                       description="raw prefix of the absolute path")
+    after: Optional[Annotated[int, Field(strict=True, ge=-EPOCH_LIMIT, le=EPOCH_LIMIT)] | DateText] = Field(
+        None, description="taken on or after (EXIF time, else mtime)")
+    before: Optional[Annotated[int, Field(strict=True, ge=-EPOCH_LIMIT, le=EPOCH_LIMIT)] | DateText] = Field(
+        None, description="taken before")
+    types: Optional[list[Annotated[str, Field(max_length=8, pattern=r"^\.?[A-Za-z0-9]{1,6}$")]]] = Field(
+        None, max_length=16, description="file types, e.g. ['jpg', 'png', 'heic']")
+    min_width: Optional[StrictInt] = Field(None, ge=0, le=INT32_MAX)
+    min_height: Optional[StrictInt] = Field(None, ge=0, le=INT32_MAX)
     min_score: Optional[StrictFloat | StrictInt] = Field(None, ge=-1, le=1)
     sort: Literal["score", "date", "date_asc"] = "score"
-    camera: Optional[str] = Field(None, min_length=1, max_length=MAX_NAME_FILTER,
+    camera: Optional[str] = Field(None, min_length=1, max_length=MAX_NAME_FILTER, pattern=TEXT,
                                   description="words of the EXIF camera make and model, any case, e.g. 'canon r5'")
-    lens: Optional[str] = Field(None, min_length=1, max_length=MAX_NAME_FILTER,
+    lens: Optional[str] = Field(None, min_length=1, max_length=MAX_NAME_FILTER, pattern=TEXT,
                                 description="words of the EXIF lens name, any case, e.g. '24-105'")
     near: Optional[NearIn] = Field(None, description="GPS position within a radius of a point")
     bbox: Optional[BoxIn] = Field(None, description="GPS position inside a box")
+
+    @field_validator("camera", "lens")
+    @classmethod
+    def _unicode(cls, v: Optional[str]) -> Optional[str]:
+        return None if v is None else _valid_unicode(v)
 
     def to_filter(self) -> SearchFilter:
         return SearchFilter.from_json(self.model_dump(exclude_none=True))
@@ -64,12 +85,20 @@ def _check_texts(texts: list[str], what: str) -> list[str]:
 def _not_blank(v: str) -> str:
     if not v.strip():
         raise ValueError("text is empty")
+    return _valid_unicode(v)
+
+
+def _valid_unicode(v: str) -> str:
+    try:
+        v.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("text holds a lone surrogate (\\ud800-\\udfff): not valid Unicode") from None
     return v
 
 
 class TextSearchIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    text: str = Field(..., min_length=1, max_length=Limits.max_text, examples=["一群人在徒步"])
+    text: str = Field(..., min_length=1, max_length=Limits.max_text, pattern=TEXT, examples=["一群人在徒步"])
     k: StrictInt = Field(20, ge=1, le=Limits.max_k)
     filter: Optional[FilterIn] = None
 
@@ -81,7 +110,7 @@ class TextSearchIn(BaseModel):
 
 class SimilarIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    id: str = Field(..., min_length=1, max_length=200, description="an item id from a hit")
+    id: str = Field(..., max_length=40, pattern=ITEM_ID, description="an item id from a hit")
     k: StrictInt = Field(20, ge=1, le=Limits.max_k)
     filter: Optional[FilterIn] = None
     exclude_self: bool = True
@@ -91,13 +120,15 @@ class QueryIn(BaseModel):
     """A combined query: weighted sum of the parts' unit vectors minus the negative texts."""
 
     model_config = ConfigDict(extra="forbid")
-    text: Optional[str] = Field(None, min_length=1, max_length=Limits.max_text)
+    text: Optional[str] = Field(None, min_length=1, max_length=Limits.max_text, pattern=TEXT)
     text_weight: StrictFloat | StrictInt = Field(1.0, ge=-10, le=10)
-    image: Optional[str] = Field(None, description="base64 of an image file (JPEG, PNG, WebP, HEIC, ...)")
+    image: Optional[str] = Field(None, max_length=(Limits.max_body * 4) // 3 + 4, pattern=r"^[A-Za-z0-9+/]*={0,2}$",
+                                 description="base64 of an image file (JPEG, PNG, WebP, HEIC, ...)")
     image_weight: StrictFloat | StrictInt = Field(1.0, ge=-10, le=10)
-    item_id: Optional[str] = Field(None, max_length=200, description="an indexed item as a further image")
+    item_id: Optional[str] = Field(None, max_length=40, pattern=ITEM_ID, description="an indexed item as a further image")
     item_weight: StrictFloat | StrictInt = Field(1.0, ge=-10, le=10)
-    negative: list[str] = Field(default_factory=list, max_length=Limits.max_negatives)
+    negative: list[Annotated[str, Field(min_length=1, max_length=Limits.max_text, pattern=TEXT)]] = Field(
+        default_factory=list, max_length=Limits.max_negatives)
     negative_weight: StrictFloat | StrictInt = Field(0.5, ge=0, le=10)
     k: StrictInt = Field(20, ge=1, le=Limits.max_k)
     filter: Optional[FilterIn] = None
@@ -118,14 +149,17 @@ class VectorSearchIn(BaseModel):
     or the same model elsewhere), searched as one batch."""
 
     model_config = ConfigDict(extra="forbid")
-    vectors: list[list[StrictFloat | StrictInt]] = Field(..., min_length=1, max_length=Limits.max_vectors)
+    vectors: list[Annotated[list[Annotated[float, Field(strict=True, ge=-1e6, le=1e6)]],
+                            Field(min_length=1, max_length=8192)]] = Field(
+        ..., min_length=1, max_length=Limits.max_vectors)
     k: StrictInt = Field(20, ge=1, le=Limits.max_k)
     filter: Optional[FilterIn] = None
 
 
 class EmbedTextIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    texts: list[str] = Field(..., min_length=1, max_length=Limits.max_texts)
+    texts: list[Annotated[str, Field(min_length=1, max_length=Limits.max_text, pattern=TEXT)]] = Field(
+        ..., min_length=1, max_length=Limits.max_texts)
 
     @field_validator("texts")
     @classmethod

@@ -49,6 +49,56 @@ def token_check(token: str | None) -> Callable[..., None]:
     return check_token
 
 
+def loopback_host(header: str) -> bool:
+    """True for a Host header naming this machine by a loopback name (port optional)."""
+    host = header.strip().lower()
+    if host.startswith("["):  # [::1]:8000
+        host = host[1:].split("]", 1)[0]
+    elif host.count(":") == 1:
+        host = host.rsplit(":", 1)[0]
+    return is_loopback(host) or host.endswith(".localhost")
+
+
+class LoopbackGuard:
+    """For a server without a token, which binds only to loopback: refuse requests whose Host is
+    not a loopback name (a DNS-rebinding page names its own host), and state-changing requests
+    sent by a page of another origin (a cross-site form post carries its Origin, or at least
+    Sec-Fetch-Site: cross-site). The server's own page is same-origin and passes."""
+
+    def __init__(self, app: Any):
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers") or []}
+        host = headers.get("host", "")
+        if not loopback_host(host):
+            await error_response(403, f"the Host header {host[:100]!r} is not a loopback name; this server "
+                                      "(started without --token) answers only http://127.0.0.1 or "
+                                      "http://localhost")(scope, receive, send)
+            return
+        if scope["method"] not in ("GET", "HEAD", "OPTIONS"):
+            origin = headers.get("origin")
+            cross = headers.get("sec-fetch-site") == "cross-site"
+            if cross or (origin is not None and not _loopback_origin(origin)):
+                await error_response(403, "cross-site requests are refused; use the page this server "
+                                          "serves, or start it with --token")(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def _loopback_origin(origin: str) -> bool:
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(origin)
+        return parts.scheme in ("http", "https") and loopback_host(parts.netloc)
+    except ValueError:
+        return False
+
+
 class BodyLimit:
     """Reads at most `limit` bytes of a request body before the app sees it; more gets a 413."""
 

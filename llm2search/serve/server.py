@@ -6,13 +6,15 @@ from typing import Any
 
 from .config import Limits, ServerConfig
 from .routes import create_app
-from .security import BodyLimit, check_bind
+from .security import BodyLimit, LoopbackGuard, check_bind
 from .service import SearchService
 
 
 def build_app(service: SearchService, token: str | None = None, limits: Limits = Limits()) -> Any:
-    """The ASGI app `serve` runs: the API behind the request-body limit."""
-    return BodyLimit(create_app(service, token, limits), limits.max_body)
+    """The ASGI app `serve` runs: the API behind the request-body limit and, without a token,
+    behind the loopback guard (Host and cross-site checks)."""
+    app = BodyLimit(create_app(service, token, limits), limits.max_body)
+    return LoopbackGuard(app) if token is None else app
 
 
 def run(config: ServerConfig, on_ready: Any = None) -> None:

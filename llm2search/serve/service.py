@@ -12,7 +12,7 @@ from collections import OrderedDict
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, BinaryIO, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -25,6 +25,7 @@ from ..search.searcher import Hit, SearchIndex
 from ..store.manifest import manifest_path
 from .batching import Batcher
 from .config import ServiceConfig
+from .files import open_indexed
 from .thumbnails import thumbnail_jpeg, viewable
 
 THUMBNAIL_CACHE = 1024  # thumbnails kept in memory (about 10 kB each at 256 px)
@@ -225,22 +226,25 @@ class SearchService:
         with self._use() as index:
             meta = index.item(item_id)
             path = index.file_path(item_id)
+            roots = index.manifest.roots
         key = (item_id, size, int(meta["mtime_ns"]))
         with self._thumbs_lock:
             if key in self._thumbs:
                 self._thumbs.move_to_end(key)
                 return self._thumbs[key]
-        data = thumbnail_jpeg(path, size)
+        with open_indexed(path, meta, roots) as fh:
+            data = thumbnail_jpeg(fh, size)
         with self._thumbs_lock:
             self._thumbs[key] = data
             while len(self._thumbs) > THUMBNAIL_CACHE:
                 self._thumbs.popitem(last=False)
         return data
 
-    def full_image(self, item_id: str) -> tuple[bytes | Path, str]:
+    def full_image(self, item_id: str) -> tuple[bytes | BinaryIO, str]:
+        """(bytes, or an open file the caller closes; media type)."""
         with self._use() as index:
-            path, fmt = index.file_path(item_id), index.item(item_id)["format"]
-        return viewable(path, fmt)
+            path, meta, roots = index.file_path(item_id), index.item(item_id), index.manifest.roots
+        return viewable(open_indexed(path, meta, roots), meta["format"])
 
     def info(self) -> dict[str, Any]:
         with self._use() as index:

@@ -1,12 +1,11 @@
-"""Thumbnails and browser-viewable copies of indexed photos. Paths come from the index's own
-metadata, never from a request."""
+"""Thumbnails and browser-viewable copies of indexed photos, read from a file opened by
+files.open_indexed (paths come from the index's own metadata, never from a request)."""
 
 from __future__ import annotations
 
 import io
-import os
 import warnings
-from pathlib import Path
+from typing import BinaryIO
 
 from PIL import Image, ImageOps
 
@@ -19,9 +18,9 @@ BROWSER_FORMATS = {"JPEG": "image/jpeg", "MPO": "image/jpeg", "PNG": "image/png"
 FULL_SIZE_LIMIT = 4096  # longest side of a converted full image
 
 
-def thumbnail_jpeg(path: str, size: int, quality: int = 85) -> bytes:
+def thumbnail_jpeg(fh: BinaryIO, size: int, quality: int = 85) -> bytes:
     """A JPEG whose longest side is at most `size`, in display orientation."""
-    with _open(path) as img:
+    with _open(fh) as img:
         try:
             if img.format == "JPEG":
                 img.draft("RGB", (size, size))  # libjpeg decodes at 1/2..1/8 scale: much faster
@@ -32,14 +31,13 @@ def thumbnail_jpeg(path: str, size: int, quality: int = 85) -> bytes:
             raise ItemNotFoundError(f"the photo cannot be read any more: {e}") from e
 
 
-def viewable(path: str, fmt: str) -> tuple[bytes | Path, str]:
-    """(file or bytes, media type) a browser can show: the file itself when it can, else JPEG."""
+def viewable(fh: BinaryIO, fmt: str) -> tuple[bytes | BinaryIO, str]:
+    """(open file or bytes, media type) a browser can show: the file itself when it can, else
+    JPEG. The caller closes a file it gets back."""
     media = BROWSER_FORMATS.get((fmt or "").upper())
     if media is not None:
-        if not os.path.isfile(path):
-            raise ItemNotFoundError("the photo is no longer on disk (reindex to update)")
-        return Path(path), media
-    with _open(path) as img:
+        return fh, media
+    with fh, _open(fh) as img:
         try:
             img = ImageOps.exif_transpose(img)
             img.thumbnail((FULL_SIZE_LIMIT, FULL_SIZE_LIMIT), Image.Resampling.LANCZOS)
@@ -48,11 +46,11 @@ def viewable(path: str, fmt: str) -> tuple[bytes | Path, str]:
             raise ItemNotFoundError(f"the photo cannot be read any more: {e}") from e
 
 
-def _open(path: str) -> Image.Image:
+def _open(fh: BinaryIO) -> Image.Image:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return Image.open(path)
+            return Image.open(fh)
     except FileNotFoundError as e:
         raise ItemNotFoundError("the photo is no longer on disk (reindex to update)") from e
     except OSError as e:

@@ -55,6 +55,16 @@ META_SCHEMA = pa.schema([
 ])
 
 
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+
+def storable_ns(ns: int) -> int:
+    """A modification time the index can store (int64 nanoseconds: years 1678-2262). Times
+    outside are clamped, so the file is still indexed; a change between two such times is not
+    seen (docs/reliability.md)."""
+    return min(max(ns, INT64_MIN), INT64_MAX)
+
+
 @dataclass
 class ShardData:
     """What a shard is made of before it is written."""

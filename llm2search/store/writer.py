@@ -235,6 +235,16 @@ class IndexWriter:
         return job
 
     @_writes
+    def record_roots(self, roots: list[str], drop: str | None = None) -> None:
+        """Name the folders the index holds photos of (the server serves files only from
+        these); `drop` forgets a folder and those under it (after `llm2search remove`)."""
+        kept = [r for r in self.manifest.roots if drop is None or not (r == drop or r.startswith(drop.rstrip("/\\") + os.sep))]
+        new = tuple(sorted(set(kept) | set(roots)))
+        if new != self.manifest.roots:
+            # keep_job: naming roots changes no work, so an open distributed run stays open
+            self.manifest = commit_manifest(self.dir, replace(self.manifest, roots=new), keep_job=True)
+
+    @_writes
     def maybe_train(self, force: bool = False) -> bool:
         """Switch to IVF-PQ past the threshold, or retrain once the collection has grown far
         beyond the sample the quantizer saw. Uses stored vectors: nothing is re-embedded."""
