@@ -17,6 +17,7 @@ from ..models.exif import PhotoExif
 from ..models.gpu_preprocess import JpegHeader, jpeg_header
 from ..models.preprocess import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image
 from ..models.spec import PreprocessConfig
+from .decode_worker import WorkerPool
 from .scan import FileEntry, file_kind
 
 
@@ -197,10 +198,12 @@ def decode_stream(
         for e in entries:
             yield decode_file(e, options)
         return
-    from .decode_worker import WorkerPool
-
-    with WorkerPool(workers, options) as pool:
+    with WorkerPool(workers, _decode_chunk, (options,), _crashed) as pool:
         yield from pool.run(entries, chunk, read_ahead, min_in_flight)
+
+
+def _crashed(entry: FileEntry, code: int) -> Decoded:
+    return Decoded(entry, error=f"the image decoder crashed on this file (exit status {code})")
 
 
 def default_workers() -> int:

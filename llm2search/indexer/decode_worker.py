@@ -1,5 +1,6 @@
 """The decode worker processes: each is `python -c "...decode_worker.serve()"` reading pickled
-chunks of files on stdin and writing pickled results on stdout. A worker exits when its parent
+jobs (a task function, by reference, and its chunk of files) on stdin and writing pickled
+results on stdout. A worker exits when its parent
 does, however the parent died: its stdin reaches EOF, and on Linux the kernel also sends it
 SIGKILL (PR_SET_PDEATHSIG). Nothing here imports the parent's __main__ or torch."""
 
@@ -15,11 +16,9 @@ import sys
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Iterable, Iterator
+from typing import Any, BinaryIO, Callable, Iterable, Iterator
 
 from ..errors import Llm2SearchError
-from .decode import DecodeOptions, Decoded, _decode_chunk
-from .scan import FileEntry
 
 _HEADER = struct.Struct("<Q")
 WORKER_CODE = "from llm2search.indexer.decode_worker import serve; serve()"
@@ -45,7 +44,8 @@ def _receive(inp: BinaryIO) -> Any:
 
 
 def serve() -> None:
-    """The worker's loop: (job id, entries, options) in, (job id, results) out, until EOF."""
+    """The worker's loop: (job id, task, items, args) in, (job id, task(items, *args)) out,
+    until EOF. The task arrives by reference (module and name) and is imported here."""
     _die_with_parent(int(os.environ.get("LLM2SEARCH_PARENT_PID", "0")))
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     inp, out = sys.stdin.buffer, sys.stdout.buffer
@@ -55,8 +55,8 @@ def serve() -> None:
         job = _receive(inp)
         if job is None:
             return
-        job_id, entries, options = job
-        _send(out, (job_id, _decode_chunk(entries, options)))
+        job_id, task, items, args = job
+        _send(out, (job_id, task(items, *args)))
 
 
 def _die_with_parent(parent: int) -> None:
@@ -74,16 +74,18 @@ def _die_with_parent(parent: int) -> None:
 @dataclass
 class _Worker:
     proc: subprocess.Popen
-    jobs: dict[int, list[FileEntry]] = field(default_factory=dict)  # sent, not yet answered
+    jobs: dict[int, list[Any]] = field(default_factory=dict)  # sent, not yet answered
     alive: bool = True
     ready: bool = False  # it started and imported the decoder
 
 
 class WorkerPool:
-    """`workers` decode processes fed chunks of files, at most `read_ahead` chunks each."""
+    """`workers` processes running `task(chunk, *args)` (a module-level function) on chunks of
+    items, at most `read_ahead` chunks each; `crashed(item, exit_status)` is the result of an
+    item that alone kills a worker."""
 
-    def __init__(self, workers: int, options: DecodeOptions):
-        self.options = options
+    def __init__(self, workers: int, task: Callable[..., list], args: tuple, crashed: Callable[[Any, int], Any]):
+        self.task, self.args, self.crashed = task, args, crashed
         self.size = workers
         self._results: queue.Queue = queue.Queue()
         self._workers: list[_Worker] = []
@@ -130,7 +132,7 @@ class WorkerPool:
                 return
             self._results.put((worker, message[0], message[1]))
 
-    def _submit(self, entries: list[FileEntry]) -> bool:
+    def _submit(self, entries: list[Any]) -> bool:
         live = [w for w in self._workers if w.alive]
         if not live:
             return False
@@ -139,17 +141,16 @@ class WorkerPool:
         self._next_job += 1
         worker.jobs[job] = entries
         try:
-            _send(worker.proc.stdin, (job, entries, self.options))  # type: ignore[arg-type]
+            _send(worker.proc.stdin, (job, self.task, entries, self.args))  # type: ignore[arg-type]
         except (BrokenPipeError, OSError):
             pass  # the reader thread reports the death; the chunk is retried from worker.jobs
         return True
 
-    def run(self, entries: Iterable[FileEntry], chunk: int, read_ahead: int,
-            min_in_flight: int = 0) -> Iterator[Decoded]:
+    def run(self, entries: Iterable[Any], chunk: int, read_ahead: int, min_in_flight: int = 0) -> Iterator[Any]:
         """Results in completion order; at most `read_ahead` chunks per worker in flight, or
         enough chunks for `min_in_flight` items if that is more."""
         source = iter(entries)
-        retry: list[list[FileEntry]] = []  # chunks of a crashed worker, one file each
+        retry: list[list[Any]] = []  # chunks of a crashed worker, one item each
         exhausted = False
         limit = max(self.size * read_ahead, -(-min_in_flight // chunk))
         while True:
@@ -186,7 +187,7 @@ class WorkerPool:
                     "printed above); rerun with --workers 0 to decode in this process")
             for lost in worker.jobs.values():
                 if len(lost) == 1:
-                    yield Decoded(lost[0], error=f"the image decoder crashed on this file (exit status {code})")
+                    yield self.crashed(lost[0], code)
                 else:
                     retry.extend([e] for e in lost)
             worker.jobs.clear()
