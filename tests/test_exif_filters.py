@@ -140,7 +140,9 @@ def test_api_filter_schema_takes_camera_lens_near_and_box(exif_index: tuple[Path
     from llm2search.serve.service import SearchService
 
     index, _ = exif_index
-    client = TestClient(build_app(SearchService(ServiceConfig(index, device="cpu", use_gpu=False))))
+    # A tokenless server answers loopback Host names only (not TestClient's default "testserver").
+    client = TestClient(build_app(SearchService(ServiceConfig(index, device="cpu", use_gpu=False))),
+                        base_url="http://127.0.0.1")
 
     def names(flt: dict) -> set[str]:
         r = client.post("/api/search/text", json={"text": "a photo", "k": 50, "filter": flt})

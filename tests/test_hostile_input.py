@@ -288,8 +288,11 @@ def test_no_process_outlives_a_killed_indexer(tiny_model: Path, tmp_path: Path) 
 def test_readme_python_example_runs_as_a_script(tiny_model: Path, tmp_path: Path) -> None:
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     block = re.search(r"Python API:\n\n```python\n(.*?)```", readme, re.S).group(1)
+    from llm2search.indexer.pipeline import SMALL_RUN
+
     photos, index = tmp_path / "Photos", tmp_path / "photo-index"
-    make_photos(photos, 12)
+    n = SMALL_RUN + 4  # enough files that the run starts its decode workers
+    make_photos(photos, n, size=(48, 36))
     script = (block.replace('"~/Photos"', repr(str(photos))).replace('"/data/photo-index"', repr(str(index)))
               .replace("llm2search.IndexingConfig(", f"llm2search.IndexingConfig(model={str(tiny_model)!r}, "
                                                      "workers=2, progress=False, "))
@@ -298,5 +301,23 @@ def test_readme_python_example_runs_as_a_script(tiny_model: Path, tmp_path: Path
     out = subprocess.run([sys.executable, "example.py"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     lines = out.stdout.strip().splitlines()
-    assert lines[0] == "12 0 0 0"  # new, changed, deleted, failed: the workers ran, once
+    assert lines[0] == f"{n} 0 0 0"  # new, changed, deleted, failed: the workers ran, once
     assert len(read_manifest(index).shards) >= 1
+
+
+def _exit_on(items: list[str], marker: str) -> list[str]:
+    """A worker task that dies as a crashing decoder does, on the file named `marker`."""
+    if marker in items:
+        os._exit(7)
+    return [f"ok {i}" for i in items]
+
+
+def test_a_worker_crash_costs_only_the_file_that_caused_it() -> None:
+    """The crashed worker's chunks are retried one file per chunk in fresh workers; the file
+    that alone kills a worker is the only one reported as crashed."""
+    from llm2search.indexer.decode_worker import WorkerPool
+
+    items = [f"f{i:02d}" for i in range(20)]
+    with WorkerPool(2, _exit_on, ("f07",), lambda item, code: f"crashed {item} {code}") as pool:
+        results = sorted(pool.run(items, chunk=4, read_ahead=2))
+    assert results == sorted([f"ok {i}" for i in items if i != "f07"] + ["crashed f07 7"])

@@ -81,7 +81,9 @@ def test_long_query_is_cut_with_a_warning_and_one_limit_everywhere(indexed: tupl
     from llm2search.serve.service import SearchService
 
     assert Limits().max_text == MAX_QUERY_CHARS
-    client = TestClient(build_app(SearchService(ServiceConfig(index, device="cpu", use_gpu=False))))
+    # A tokenless server answers loopback Host names only (not TestClient's default "testserver").
+    client = TestClient(build_app(SearchService(ServiceConfig(index, device="cpu", use_gpu=False))),
+                        base_url="http://127.0.0.1")
     body = client.post("/api/search/text", json={"text": LONG, "k": 3}).json()
     assert body["truncated"] is True and body["truncated_texts"] == 1 and body["token_limit"] == limit
     body = client.post("/api/query", json={"text": "a red kite", "negative": [LONG], "k": 3}).json()

@@ -94,3 +94,38 @@ def test_watch_follows_changes_and_resumes_after_kill(tiny_model: Path, tmp_path
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=30) == 0
     assert "stopped" in log.read_text()
+
+
+def test_watch_batches_use_canonical_paths_and_record_bad_files(tiny_model: Path, tmp_path: Path) -> None:
+    """What `watch` indexes per batch (index_paths) names photos as `index` does: a folder given
+    through a symlink is indexed under its real path, a FIFO is recorded and never opened, a file
+    over --max-file-bytes is recorded, and a vanished folder is one error naming `remove`."""
+    import pytest
+
+    from llm2search.errors import InputPathError
+    from llm2search.indexer.pipeline import IndexingConfig, index_folder, index_paths
+    from llm2search.store.manifest import read_manifest
+    from llm2search.store.writer import read_errors
+
+    real, link, index = tmp_path / "real", tmp_path / "link", tmp_path / "index"
+    files = make_photos(real, 3, seed=31)
+    link.symlink_to(real, target_is_directory=True)
+    config = IndexingConfig(model=str(tiny_model), device="cpu", workers=0, progress=False, max_file_bytes=200_000)
+    index_folder(link, index, config)
+    assert _paths(index) == sorted(map(str, files))
+
+    new = make_photos(tmp_path / "spare", 1, seed=32)[0]
+    shutil.copy(new, link / "new.jpg")
+    os.mkfifo(link / "pipe.jpg")
+    (link / "huge.jpg").write_bytes(new.read_bytes() + b"\0" * 300_000)
+    report = index_paths(link, [str(link / n) for n in ("new.jpg", "pipe.jpg", "huge.jpg")], index, config)
+    assert report.new == 1 and report.folder == str(real)
+    assert _paths(index) == sorted([*map(str, files), str(real / "new.jpg")])
+    errors = dict(zip(*(read_errors(index, read_manifest(index)).column(c).to_pylist() for c in ("path", "reason"))))
+    assert "not a regular file (a FIFO)" in errors[str(real / "pipe.jpg")]
+    assert "--max-file-bytes" in errors[str(real / "huge.jpg")]
+    assert str(real) in read_manifest(index).roots
+
+    link.unlink()
+    with pytest.raises(InputPathError, match="llm2search remove"):
+        index_paths(link, [str(link / "new.jpg")], index, config)

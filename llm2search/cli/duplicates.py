@@ -23,7 +23,7 @@ def duplicates(
     from ..library.duplicates import DuplicatesConfig, find_duplicates
     from ..search.searcher import SearchIndex
 
-    config = DuplicatesConfig(threshold, neighbors, os.path.abspath(os.path.expanduser(folder)) if folder else None)
+    config = DuplicatesConfig(threshold, neighbors, os.path.realpath(os.path.expanduser(folder)) if folder else None)
     try:
         groups = find_duplicates(SearchIndex(index_dir(index), use_gpu=False), config)
     except Llm2SearchError as e:

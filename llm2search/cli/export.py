@@ -23,7 +23,7 @@ def export(
     """Write the live photos (metadata + vectors) to one Parquet file for DuckDB, pandas, Polars."""
     from ..library.export import ExportConfig, export_index
 
-    config = ExportConfig(fmt, vectors, os.path.abspath(os.path.expanduser(folder)) if folder else None)
+    config = ExportConfig(fmt, vectors, os.path.realpath(os.path.expanduser(folder)) if folder else None)
     try:
         report = export_index(index_dir(index), out, config)
     except Llm2SearchError as e:

@@ -185,8 +185,10 @@ class WorkerPool:
                 raise Llm2SearchError(
                     f"a decode worker process could not start (exit status {code}; its error is "
                     "printed above); rerun with --workers 0 to decode in this process")
-            for lost in worker.jobs.values():
-                if len(lost) == 1:
+            # A worker runs its jobs in the order sent: only the oldest one was running when it
+            # died. Later ones never started and are retried, even when they hold one file.
+            for n, (_, lost) in enumerate(sorted(worker.jobs.items())):
+                if n == 0 and len(lost) == 1:
                     yield self.crashed(lost[0], code)
                 else:
                     retry.extend([e] for e in lost)

@@ -153,7 +153,7 @@ def index_paths(
     created, changed, moved or deleted; `watch` passes what the file system reported). Each path
     is rescanned as its own root: what exists is indexed as by `index_folder`, what is gone is
     dropped, in the same commits. `folder`'s exclusion rules apply."""
-    given = os.path.abspath(os.fspath(folder))
+    given = os.path.abspath(os.path.expanduser(os.fspath(folder)))
     folder = canonical(folder)
     index_dir = Path(index_dir)
     check_root(folder, index_dir)
