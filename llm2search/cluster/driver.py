@@ -27,9 +27,10 @@ import pyarrow as pa
 from ..errors import InputPathError
 from ..indexer.decode import DecodeOptions
 from ..indexer.failures import FailureList
-from ..indexer.pipeline import IndexingConfig, IndexReport
+from ..indexer.pipeline import IndexingConfig, IndexReport, check_root
 from ..indexer.state import VectorLookup
 from ..models.presets import resolve_model, spec_for_index
+from ..paths import decode_log_path
 from ..models.spec import ModelSpec
 from ..store.jobs import JobState, units_path
 from ..store.manifest import index_exists, read_manifest
@@ -60,10 +61,12 @@ def index_on_ray(source_path: str | Path, index_dir: str | Path, config: Indexin
     """Bring the index up to date with a folder or a Parquet listing, on a Ray cluster."""
     rc = ray_config(config.ray)
     source = Source.of(Path(source_path))
-    if not Path(source.path).exists():
+    index_dir = Path(index_dir)
+    if source.kind == "folder":
+        check_root(Path(source.path), index_dir)  # the same one-line errors as on one host
+    elif not Path(source.path).exists():
         raise InputPathError(f"{source.path} does not exist; give the folder of photos (or the Parquet "
                              "listing) to index")
-    index_dir = Path(index_dir)
     spec = _choose_model(index_dir, config.model)
     started = time.monotonic()
     report = IndexReport(source.path, str(index_dir))
@@ -164,7 +167,8 @@ class _Run:
         logging.getLogger("ray.data").setLevel(logging.WARNING)
         groups = np.array([g for u in self.pending for g in self.job.groups(u)], dtype=np.int64)
         blocks = np.array_split(groups, min(len(groups), 4096))
-        options = DecodeOptions(spec.preprocess, self.config.max_pixels)
+        options = DecodeOptions(spec.preprocess, self.config.max_pixels, max_file_bytes=self.config.max_file_bytes,
+                                log_path=str(decode_log_path()))
         lookup = VectorLookup.load(self.writer.dir, self.writer.manifest)
         reuse = None
         if len(lookup):

@@ -16,7 +16,7 @@ import pyarrow.compute as pc
 from ..indexer.changes import ChangePlan, plan_changes
 from ..indexer.exclude import ExcludeConfig
 from ..indexer.failures import FailureList
-from ..indexer.pipeline import plan_folder
+from ..indexer.pipeline import canonical, plan_folder
 from ..indexer.state import IndexState
 from ..store import columns
 from ..store.jobs import UNITS_SCHEMA, JobState
@@ -37,8 +37,10 @@ class Source:
     def of(cls, path: Path) -> "Source":
         from .parquet_input import is_listing
 
-        absolute = os.path.abspath(os.fspath(path))
-        return cls("listing" if is_listing(Path(absolute)) else "folder", absolute)
+        absolute = os.path.abspath(os.path.expanduser(os.fspath(path)))
+        if is_listing(Path(absolute)):
+            return cls("listing", absolute)
+        return cls("folder", str(canonical(absolute)))  # photos named as `index` on one host names them
 
     def to_json(self) -> dict[str, Any]:
         return {"kind": self.kind, "path": self.path}
@@ -57,7 +59,10 @@ def plan_job(writer: IndexWriter, source: Source, unit_files: int, chunk_rows: i
              exclude: ExcludeConfig = ExcludeConfig()) -> tuple[JobState | None, PlanSummary]:
     """Plan the run and commit the plan: tombstones of deleted (and newly excluded) files and the
     error list in the same commit that names the job. None when nothing needs embedding."""
-    plan, extras = _change_plan(writer, source, retry_errors, exclude)
+    linked: set[str] = set()
+    plan, extras = _change_plan(writer, source, retry_errors, exclude, linked)
+    if source.kind == "folder":  # the folders the server may serve photos from
+        writer.record_roots([source.path, *sorted(linked)])
     failures = FailureList(read_errors(writer.dir, writer.manifest))
     for path, reason in zip(*(plan.problems.column(c).to_pylist() for c in ("path", "reason"))):
         failures.record(path, 0, 0, reason)
@@ -69,10 +74,10 @@ def plan_job(writer: IndexWriter, source: Source, unit_files: int, chunk_rows: i
                             plan.problems.num_rows)
 
 
-def _change_plan(writer: IndexWriter, source: Source, retry_errors: bool,
-                 exclude: ExcludeConfig) -> tuple[ChangePlan, pa.Table | None]:
+def _change_plan(writer: IndexWriter, source: Source, retry_errors: bool, exclude: ExcludeConfig,
+                 linked: set[str]) -> tuple[ChangePlan, pa.Table | None]:
     if source.kind == "folder":
-        return plan_folder(writer, source.path, retry_errors, exclude), None
+        return plan_folder(writer, source.path, retry_errors, exclude, linked=linked), None
     scan, extras = read_listing(Path(source.path))
     state = IndexState.load(writer.dir, writer.manifest)
     return plan_changes(scan, state, NOTHING_UNDER, read_errors(writer.dir, writer.manifest), retry_errors), extras
