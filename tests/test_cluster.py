@@ -10,8 +10,6 @@ import os
 import shutil
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -58,26 +56,21 @@ def _same_live_set(a: Path, b: Path) -> None:
     assert worst < 2e-3, worst
 
 
-def _kill_an_embed_actor_when_rows_flow(killed: list[str], stop: threading.Event) -> None:
-    """From beside the driver (it runs as a CLI command): find the run's counter actor, and once
-    some rows are embedded, kill one of the embed actors it lists."""
+def _kill_the_first_embed_actor(killed: list[int]):
+    """An observer of the driver's loop (called after every step, so the run cannot end
+    unobserved): the first time an embed actor has announced itself, kill it and note how many
+    rows the driver had received by then."""
     import ray
 
-    while not stop.is_set() and not killed:
-        for named in ray.util.list_named_actors(all_namespaces=True):
-            if not named["name"].startswith("llm2search-tally-"):
-                continue
-            try:
-                tally = ray.get_actor(named["name"], namespace=named["namespace"])
-                if ray.get(tally.snapshot.remote(), timeout=5).get("embedded", 0) >= 2:
-                    actors = ray.get(tally.actors.remote(), timeout=5)
-                    if actors:
-                        ray.kill(actors[0])
-                        killed.append(named["name"])
-                        return
-            except Exception:  # noqa: BLE001 - the killed run's counter, gone with its driver
-                continue
-        time.sleep(0.2)
+    def observe(status) -> None:
+        if killed:
+            return
+        actors = ray.get(status.tally.actors.remote(), timeout=10)
+        if actors:
+            ray.kill(actors[0])
+            killed.append(status.counts.get("received", 0))
+
+    return observe
 
 
 def test_ray_run_equals_single_host_with_the_driver_killed_and_rerun_and_an_actor_killed(
@@ -108,19 +101,17 @@ def test_ray_run_equals_single_host_with_the_driver_killed_and_rerun_and_an_acto
     job = read_manifest(on_ray).job
     assert job is not None  # the plan and one unit are committed, the other three are not
 
-    # ... and the same command is run again; one embed actor is killed while it runs.
-    killed: list[str] = []
-    stop = threading.Event()
-    killer = threading.Thread(target=_kill_an_embed_actor_when_rows_flow, args=(killed, stop), daemon=True)
-    killer.start()
-    try:
-        result = CliRunner().invoke(app, command)
-    finally:
-        stop.set()
-        killer.join(10)
-    assert result.exit_code == 0, result.output
-    assert killed, "the run ended before an actor could be killed"
-    summary = json.loads(result.stdout[result.stdout.index("{"):])
+    # ... and the same run again (through the API the command calls, with an observer of the
+    # driver's loop): the first embed actor to start is killed, and its work is redone.
+    from llm2search.cluster.config import RayConfig
+    from llm2search.cluster.driver import index_on_ray
+
+    killed: list[int] = []
+    config = IndexingConfig(model=str(tiny_model), device="cpu", progress=False, commit_seconds=0,
+                            ray=RayConfig(address=cluster.address, unit_files=4, embed_actors=2, actor_cpus=0.5))
+    report = index_on_ray(photos, on_ray, config, observer=_kill_the_first_embed_actor(killed))
+    assert killed, "no embed actor ever started"
+    summary = report.to_json()
     assert any("resumed" in w for w in summary["warnings"])
     # 17 planned files (14 new + 1 empty, 1 changed, 1 renamed) in units of 4, 4, 4, 4, 1: one
     # unit was done by the killed driver, and is not done again.
