@@ -124,7 +124,7 @@ def _groups_own_top_k_would_differ(one: SearchIndex, queries: np.ndarray, k: int
 
     views = [GroupView(one.dir, one.manifest, g, SEARCH, False) for g in assign_groups(one.manifest, 2)]
     try:
-        parts = [v.candidates(queries, k, one.coarse(queries)) for v in views]
+        parts = [v.candidates(queries, k, one.coarse(queries))[0] for v in views]
     finally:
         for v in views:
             v.close()
@@ -289,7 +289,7 @@ def _mixed(old: SearchIndex, new: SearchIndex, groups: tuple, queries: np.ndarra
     views = [GroupView(old.dir, old.manifest, groups[0], SEARCH, False),
              GroupView(new.dir, new.manifest, groups[1], SEARCH, False)]
     try:
-        ranked = merge_candidates([v.candidates(queries, k, old.coarse(queries)) for v in views], old.rerank_depth(k), k)
+        ranked = merge_candidates([v.candidates(queries, k, old.coarse(queries))[0] for v in views], old.rerank_depth(k), k)
     finally:
         for v in views:
             v.close()

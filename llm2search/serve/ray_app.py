@@ -121,7 +121,7 @@ class Router:
         self.service = await asyncio.to_thread(self._start)
 
     def _start(self) -> SearchService:
-        service = SearchService(self._config.server.service, self._open)
+        service = SearchService(self._config.server.service, self._open, remote_models=True)
         if self._config.server.warm:
             service.warm()
         return service

@@ -3,11 +3,15 @@ the shared coarse quantizer once, asks every shard group for its candidates in p
 their answers exactly as one host merges its shards (search/merge.py), and asks the groups that
 hold the final hits for their metadata. SearchService uses it as it uses a SearchIndex.
 
-Hops per search: one to every group with shards (candidates), one to each group holding a hit
-(metadata); a text or image query adds one to the query encoder before them."""
+Hops per search: one to every group with shards (candidates, with the metadata of each group's own
+exact top k), and, only for final hits outside their group's own top k, one to the groups holding
+them; a text or image query adds one to the query encoder before them."""
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Protocol, Sequence
 
@@ -23,6 +27,7 @@ from ..store.vector_index import IndexConfig
 from .shard_groups import Ticket, assign_groups
 
 NO_FILTER = SearchFilter()
+ITEM_CACHE = 1024  # items' metadata, file names and vectors kept per version (5 kB a vector at 1280-d)
 
 
 class Pending(Protocol):
@@ -56,6 +61,8 @@ class RoutedIndex:
                 self._group_of[list(members)] = g
             self._by_name = {s.name: int(self._group_of[i]) for i, s in enumerate(self.manifest.shards)}
             self.ticket = groups.ticket(self.manifest)
+            self._items: OrderedDict[tuple[str, str], Any] = OrderedDict()
+            self._items_lock = threading.Lock()
             self.search_plan = SearchPlan("ray-serve", f"{len(self._serving)} shard group(s) of "
                                           f"{len(self.manifest.shards)} shard(s), searched by their replicas")
             # Every group opens the version before the router answers from it.
@@ -111,20 +118,36 @@ class RoutedIndex:
             return [[] for _ in queries]
         if flt.restricts_rows:  # each group's exact top-k per query; the best k of those
             answers = self._each("filtered", queries, k, flt)
-            ranked = _stack([merge_ranked([a[i] for a in answers], k) for i in range(len(queries))], k)
+            ranked = _stack([merge_ranked([a[0][i] for a in answers], k) for i in range(len(queries))], k)
         else:  # each group's best `depth` by PQ estimate, scored; the global best `depth` of those
-            parts = self._each("candidates", queries, k, self._view.coarse(queries))
-            ranked = merge_candidates(parts, self._view.rerank_depth(k), k)
-        return finish(ranked, flt, self._hits)
+            answers = self._each("candidates", queries, k, self._view.coarse(queries))
+            ranked = merge_candidates([a[0] for a in answers], self._view.rerank_depth(k), k)
+        known = {(h.shard, h.row): h for a in answers for h in a[1]}
+        return finish(ranked, flt, lambda *found: self._hits(*found, known=known))
 
     def item(self, item_id: str) -> dict[str, Any]:
-        return self._call(self._group_for(item_id), "item", str(item_id))
+        return dict(self._item_call("item", str(item_id)))
 
     def file_path(self, item_id: str) -> str:
-        return self._call(self._group_for(item_id), "file_path", str(item_id))
+        return self._item_call("file_path", str(item_id))
 
     def vector_by_id(self, item_id: str) -> np.ndarray:
-        return self._call(self._group_for(item_id), "vector", str(item_id))
+        return self._item_call("vector", str(item_id)).copy()
+
+    def _item_call(self, method: str, item_id: str) -> Any:
+        """An item's metadata, file name or vector from the group holding it. A version never
+        changes, so answers are kept (a thumbnail asks for both metadata and file name)."""
+        key = (method, item_id)
+        with self._items_lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key]
+        value = self._call(self._group_for(item_id), method, item_id)
+        with self._items_lock:
+            self._items[key] = value
+            while len(self._items) > ITEM_CACHE:
+                self._items.popitem(last=False)
+        return value
 
     # -- fan-out -------------------------------------------------------------------------
     def _each(self, method: str, *args: Any) -> list[Any]:
@@ -140,14 +163,22 @@ class RoutedIndex:
         name = str(item_id).rpartition(":")[0]
         return self._by_name.get(name, self._serving[0] if self._serving else 0)
 
-    def _hits(self, scores: np.ndarray, owners: np.ndarray, rows: np.ndarray, ranks: np.ndarray) -> list[Hit]:
-        groups = self._group_of[owners]
+    def _hits(self, scores: np.ndarray, owners: np.ndarray, rows: np.ndarray, ranks: np.ndarray,
+              known: dict[tuple[str, int], Hit]) -> list[Hit]:
+        """Hits of the final rows: from the hits the groups sent with their candidates, and for
+        the rest (rows past a group's own top k) from the groups holding them, in parallel."""
+        out: list[Any] = [None] * len(rows)
+        for j, (owner, row) in enumerate(zip(owners, rows)):
+            hit = known.get((self.manifest.shards[int(owner)].name, int(row)))
+            if hit is not None:
+                out[j] = replace(hit, rank=int(ranks[j]), score=float(scores[j]))
+        missing = np.array([j for j, hit in enumerate(out) if hit is None], dtype=np.int64)
+        groups = self._group_of[owners[missing]]
         pending = []
         for g in np.unique(groups):
-            mine = np.flatnonzero(groups == g)
+            mine = missing[groups == g]
             pending.append((mine, self._groups.call(int(g), "hits", self.ticket, scores[mine], owners[mine],
                                                     rows[mine], ranks[mine])))
-        out: list[Any] = [None] * len(rows)
         for mine, p in pending:
             for j, hit in zip(mine, p.result()):
                 out[j] = hit

@@ -50,17 +50,23 @@ class QueryText:
 
 class SearchService:
     """`open_index(config)` opens the newest version: a SearchIndex by default; the Ray Serve
-    router passes one that searches through its shard groups (serve/router.py)."""
+    router passes one that searches through its shard groups (serve/router.py), whose embedder
+    is a remote deployment that batches concurrent calls itself (`remote_models`): then calls
+    go out concurrently, neither serialised nor batched here."""
 
-    def __init__(self, config: ServiceConfig, open_index: Callable[[ServiceConfig], Any] | None = None):
+    def __init__(self, config: ServiceConfig, open_index: Callable[[ServiceConfig], Any] | None = None,
+                 remote_models: bool = False):
         self.config = config
         self._open_index = open_index or _search_index
         self._model_lock = threading.Lock()
         one = not config.batching  # a batch limit of one input: plain serialisation
-        self._embed_texts = Batcher(lambda texts: self.index.embedder.embed_texts(list(texts)),
-                                    self._model_lock, 1 if one else MAX_TEXT_BATCH)
-        self._embed_pixels = Batcher(lambda pixels: self.index.embedder.embed_pixels(pixels),
-                                     self._model_lock, 1 if one else MAX_IMAGE_BATCH)
+        self._embed_texts: Callable[[np.ndarray], np.ndarray] = Batcher(
+            lambda texts: self.index.embedder.embed_texts(list(texts)), self._model_lock, 1 if one else MAX_TEXT_BATCH)
+        self._embed_pixels: Callable[[np.ndarray], np.ndarray] = Batcher(
+            lambda pixels: self.index.embedder.embed_pixels(pixels), self._model_lock, 1 if one else MAX_IMAGE_BATCH)
+        if remote_models:
+            self._embed_texts = lambda texts: self.index.embedder.embed_texts(list(texts))
+            self._embed_pixels = lambda pixels: self.index.embedder.embed_pixels(pixels)
         self._reload_lock = threading.Lock()
         self._reloading = False  # one thread opens a new version at a time
         self._stamp = _stamp(config.index_dir)

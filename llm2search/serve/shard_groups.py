@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 
 from ..search.filters import SearchFilter
-from ..search.merge import Ranked, Scored
+from ..search.merge import Ranked, Scored, top_exact
 from ..search.searcher import Hit, SearchIndex
 from ..store.manifest import Manifest
 from ..store.vector_index import IndexConfig
@@ -65,16 +65,19 @@ class GroupView:
         self.index = SearchIndex(index_dir, config=config, embedder=object(), use_gpu=use_gpu,
                                  version=manifest, shards=names)
 
-    def candidates(self, queries: np.ndarray, k: int, coarse: tuple[np.ndarray, np.ndarray] | None) -> Scored:
+    def candidates(self, queries: np.ndarray, k: int,
+                   coarse: tuple[np.ndarray, np.ndarray] | None) -> tuple[Scored, list[Hit]]:
+        """Each query's candidates (scored_candidates), and the hits of this group's own exact
+        top k: most final hits are among them, so the router rarely needs a metadata hop."""
         part = self.index.scored_candidates(queries, k, coarse)
-        return part._replace(owners=self._global(part.owners))
+        return part._replace(owners=self._global(part.owners)), self._top_hits(top_exact(part, k))
 
-    def filtered(self, queries: np.ndarray, k: int, flt: SearchFilter) -> list[Ranked]:
-        out = []
-        for q in queries:
-            part = self.index.filtered_top(q[None], k, flt)
-            out.append(part._replace(owners=self._global(part.owners)))
-        return out
+    def filtered(self, queries: np.ndarray, k: int, flt: SearchFilter) -> tuple[list[Ranked], list[Hit]]:
+        """Each query's exact top k among the rows `flt` allows, and their hits (every final hit
+        of a filtered search is one of them)."""
+        parts = [self.index.filtered_top(q[None], k, flt) for q in queries]
+        hits = self._top_hits(Ranked(*(np.concatenate(a, axis=1) for a in zip(*parts)))) if parts else []
+        return [p._replace(owners=self._global(p.owners)) for p in parts], hits
 
     def hits(self, scores: np.ndarray, owners: np.ndarray, rows: np.ndarray, ranks: np.ndarray) -> list[Hit]:
         local = np.searchsorted(self.positions, owners)
@@ -94,6 +97,12 @@ class GroupView:
 
     def _global(self, owners: np.ndarray) -> np.ndarray:
         return self.positions[owners]
+
+    def _top_hits(self, top: Ranked) -> list[Hit]:
+        """Hits of the distinct live rows in `top` (local shard positions), metadata joined."""
+        keep = (top.rows >= 0) & np.isfinite(top.scores)
+        pairs = np.unique(np.stack([top.owners[keep], top.rows[keep]], axis=1), axis=0).reshape(-1, 2)
+        return self.index.join_hits(np.zeros(len(pairs)), pairs[:, 0], pairs[:, 1], np.zeros(len(pairs), np.int64))
 
 
 @dataclass
