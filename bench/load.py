@@ -59,15 +59,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(index: Path, token: str, batching: bool = True) -> tuple[subprocess.Popen, str]:
+def start_server(index: Path, token: str, batching: bool = True, extra: tuple[str, ...] = (),
+                 wait_s: float = 180) -> tuple[subprocess.Popen, str]:
+    """`llm2search serve` (plus `extra` arguments, such as --ray) in its own process."""
     port = free_port()
     exe = Path(sys.executable).parent / "llm2search"
     cmd = [str(exe), "serve", "--index", str(index), "--port", str(port), "--device", "cpu", "--cpu-search",
-           "--batching" if batching else "--no-batching"]
+           "--batching" if batching else "--no-batching", *extra]
     log = open(index.parent / f"serve-{port}.log", "w+")  # a file, not a pipe: it never fills up
     proc = subprocess.Popen(cmd, env={**os.environ, "LLM2SEARCH_TOKEN": token}, stderr=log, text=True)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
+    deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             log.seek(0)
@@ -78,7 +80,7 @@ def start_server(index: Path, token: str, batching: bool = True) -> tuple[subpro
         except httpx.TransportError:
             time.sleep(0.2)
     proc.terminate()
-    raise SystemExit("server did not start within 180 s")
+    raise SystemExit(f"server did not start within {wait_s:.0f} s")
 
 
 def run_load(url: str, token: str | None, clients: int, total: int, max_seconds: float,
