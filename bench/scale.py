@@ -6,7 +6,7 @@
 
 files: generated tiny JPEGs (16x16, every file unique) indexed into an empty index with the
 product's defaults and a no-op embedder (unit random vectors of the tiny model's 1280-d shape:
-the pipeline's own cost). Peak RSS is the child's own high-water mark (wait4) and the sampled
+the pipeline's own cost). Peak RSS is the child's own high-water mark (VmHWM) and the sampled
 peak of its whole process tree (decode workers included); the baseline is the smallest size's
 run. Then `llm2search index` runs again on the unchanged folder as a whole process, three times.
 
@@ -70,7 +70,7 @@ class Measured:
     stderr: str
     returncode: int
     wall_s: float
-    peak_rss_mib: float  # the child's own high-water mark (ru_maxrss from wait4)
+    peak_rss_mib: float  # the child's own high-water mark (VmHWM, sampled; see run_measured)
     tree_peak_mib: float  # sampled sum over the child and its descendants
     peak_anon_mib: float  # sampled RssAnon of the child
     peak_file_mib: float  # sampled RssFile of the child
@@ -86,7 +86,7 @@ def run_measured(cmd: list[str], env: dict[str, str] | None = None, cwd: Path | 
     out_f, err_f = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
     started = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=out_f, stderr=err_f, env=env, cwd=cwd, text=True)
-    peaks = {"tree": 0, "anon": 0, "file": 0}
+    peaks = {"tree": 0, "anon": 0, "file": 0, "hwm": 0}
     done = threading.Event()
 
     def sample() -> None:
@@ -98,6 +98,7 @@ def run_measured(cmd: list[str], env: dict[str, str] | None = None, cwd: Path | 
                 status = _status(proc.pid)
                 peaks["anon"] = max(peaks["anon"], status.get("RssAnon", 0))
                 peaks["file"] = max(peaks["file"], status.get("RssFile", 0))
+                peaks["hwm"] = max(peaks["hwm"], status.get("VmHWM", 0))
             except psutil.Error:
                 pass
             done.wait(0.2)
@@ -110,7 +111,13 @@ def run_measured(cmd: list[str], env: dict[str, str] | None = None, cwd: Path | 
     sampler.join()
     proc.returncode = os.waitstatus_to_exitcode(status)
     out_f.seek(0), err_f.seek(0)
-    return Measured(out_f.read(), err_f.read(), proc.returncode, wall, usage.ru_maxrss / 1024,
+    # The peak is the child's VmHWM (the high-water mark of its own address space, monotonic, so a
+    # late sample holds an earlier spike), not wait4's ru_maxrss: subprocess starts children with
+    # vfork, and Linux folds the parent's high-water mark into the child's ru_maxrss at exec, so a
+    # bench process holding 3 GB reported 3 GB for every child (measured: 2,967 MiB for a retrain
+    # whose sampled RSS never passed 450).
+    peak_kib = peaks["hwm"] or usage.ru_maxrss
+    return Measured(out_f.read(), err_f.read(), proc.returncode, wall, peak_kib / 1024,
                     peaks["tree"] / 2**20, peaks["anon"] / 1024, peaks["file"] / 1024, load_before, load())
 
 
@@ -166,7 +173,7 @@ def _kind(name: str) -> str:
 
 # -- files ----------------------------------------------------------------------------------
 FILES_CHILD = r"""
-import json, resource, sys
+import json, sys
 import numpy as np
 sys.path.insert(0, sys.argv[4])
 from llm2search.indexer.pipeline import IndexingConfig, index_folder
@@ -188,7 +195,9 @@ if __name__ == "__main__":
     folder, index, model = sys.argv[1:4]
     report = index_folder(folder, index, IndexingConfig(model=model, progress=False),
                           embedder=NoOpEmbedder(resolve_model(model)))
-    print(json.dumps({**report.to_json(), "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+    with open("/proc/self/status") as fh:  # VmHWM, not ru_maxrss (see run_measured)
+        hwm_kib = int(fh.read().split("VmHWM:")[1].split()[0])
+    print(json.dumps({**report.to_json(), "peak_rss_mib": hwm_kib / 1024}))
 """
 
 

@@ -108,9 +108,9 @@ class _OpenShard:
         read its columns; hits read their rows through meta_rows."""
         return self._shard_meta().table
 
-    def meta_rows(self, rows: np.ndarray) -> pa.Table:
-        """The metadata rows of `rows` only (store/meta_map.py: no whole-column copy)."""
-        return self._shard_meta().take(rows)
+    def meta_rows(self, rows: np.ndarray) -> list[dict[str, Any]]:
+        """The metadata rows of `rows` only, as dicts (store/meta_map.py: no whole-column copy)."""
+        return self._shard_meta().rows(rows)
 
     def _shard_meta(self) -> ShardMeta:
         if self._meta is None:
@@ -530,7 +530,7 @@ class SearchIndex:
         positions = np.zeros(len(rows), dtype=np.int64)
         for owner in np.unique(owners):  # one Parquet take per shard, not one slice per hit
             where = np.flatnonzero(owners == owner)
-            metas[int(owner)] = self.shards[int(owner)].meta_rows(rows[where]).to_pylist()
+            metas[int(owner)] = self.shards[int(owner)].meta_rows(rows[where])
             positions[where] = np.arange(len(where))
         if ranks is None:
             ranks = np.arange(1, len(rows) + 1)

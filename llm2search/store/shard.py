@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 from .columns import array as column_array
 from .atomic import fsync_dir, fsync_file, write_atomic
 from .manifest import SHARD_NAME, SHARDS, ShardInfo
-from .meta_map import META_MAP_FILE, MetaMapWriter, ShardMeta
+from .meta_map import META_MAP_FILE, MetaMapWriter, ShardMeta, random_access
 from .vector_file import VectorReader, VectorWriter
 from .vector_index import build_shard_index, read_shard_index, write_shard_index
 
@@ -280,7 +280,12 @@ def open_shard_index(index_dir: Path, shard: ShardInfo, quantizer: Any | None = 
 
 
 def open_shard_vectors(index_dir: Path, shard: ShardInfo) -> np.ndarray:
-    return np.load(shard_dir(index_dir, shard.name) / VECTORS_FILE, mmap_mode="r")
+    """The shard's float16 vectors, memory-mapped for random rows (the exact re-rank)."""
+    vectors = np.load(shard_dir(index_dir, shard.name) / VECTORS_FILE, mmap_mode="r")
+    mapped = getattr(vectors, "_mmap", None)
+    if mapped is not None:
+        random_access(mapped)
+    return vectors
 
 
 def open_shard_meta(index_dir: Path, shard: ShardInfo) -> ShardMeta:
