@@ -547,7 +547,8 @@ def retrain(store: Path, model: Path, work: Path) -> dict[str, Any]:
         raise RuntimeError(f"retrain failed: {m.stderr[-3000:]}")
     report = json.loads(m.stdout[m.stdout.index("{"):])
     return {"wall_s": m.wall_s, "peak_rss_mib": m.peak_rss_mib, "peak_anon_mib": m.peak_anon_mib,
-            "peak_file_mib": m.peak_file_mib, "embedded": report["embedded"], "load": [m.load_before, m.load_after]}
+            "peak_file_mib": m.peak_file_mib, "embedded": report["embedded"], "training": report.get("training"),
+            "load": [m.load_before, m.load_after]}
 
 
 def free_port() -> int:
