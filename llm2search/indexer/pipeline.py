@@ -97,24 +97,7 @@ def index_folder(
     """Bring the index up to date with `folder`: add new files, re-embed changed ones, tombstone
     deleted ones, record unreadable ones with their reason. The model is loaded only once a file
     needs embedding, so a rerun that finds nothing new imports neither torch nor the model."""
-    folder = canonical(folder)  # one photo, one entry, whatever path led to it
-    index_dir = Path(index_dir)
-    check_root(folder, index_dir)
-    spec = embedder.spec if embedder is not None else choose_model(index_dir, config.model)
-    started = time.monotonic()
-    report = IndexReport(str(folder), str(index_dir))
-    with IndexWriter(index_dir, spec.identity(), spec.dim, config.index) as writer:
-        run = _Run(writer, spec, config, report, str(folder), embedder)
-        run.execute()
-        writer.record_roots([str(folder)] + sorted(run.linked))
-        writer.maybe_train(force=config.retrain)
-        writer.compact_after_run(config.shard_size)
-        report.live = writer.manifest.count
-        report.index_type = writer.manifest.index_type
-        report.warnings = list(writer.warnings)
-        report.training = writer.training
-    report.seconds = time.monotonic() - started
-    return report
+    return _index(folder, index_dir, config, embedder, train=True, compact=True)
 
 
 def canonical(path: str | Path) -> Path:
@@ -154,16 +137,26 @@ def index_paths(
     is rescanned as its own root: what exists is indexed as by `index_folder`, what is gone is
     dropped, in the same commits. `folder`'s exclusion rules apply."""
     given = os.path.abspath(os.path.expanduser(os.fspath(folder)))
-    folder = canonical(folder)
+    return _index(folder, index_dir, config, embedder, train=False, compact=compact,
+                  only=lambda root: _disjoint(root, given, paths))
+
+
+def _index(folder: str | Path, index_dir: str | Path, config: IndexingConfig, embedder: Embedder | None,
+           train: bool, compact: bool, only: Callable[[Path], list[str]] | None = None) -> IndexReport:
+    """One indexing run over `folder` (or only the roots `only` names under it), committed."""
+    folder = canonical(folder)  # one photo, one entry, whatever path led to it
     index_dir = Path(index_dir)
     check_root(folder, index_dir)
+    roots = only(folder) if only is not None else None
     spec = embedder.spec if embedder is not None else choose_model(index_dir, config.model)
     started = time.monotonic()
     report = IndexReport(str(folder), str(index_dir))
     with IndexWriter(index_dir, spec.identity(), spec.dim, config.index) as writer:
-        run = _Run(writer, spec, config, report, str(folder), embedder, _disjoint(folder, given, paths))
+        run = _Run(writer, spec, config, report, str(folder), embedder, roots)
         run.execute()
         writer.record_roots([str(folder)] + sorted(run.linked))
+        if train:
+            writer.maybe_train(force=config.retrain)
         if compact:
             writer.compact_after_run(config.shard_size)
         report.live = writer.manifest.count
