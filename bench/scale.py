@@ -48,6 +48,7 @@ ROOT = BENCH_DIR.parent
 sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
+from search import Generator, library_model  # noqa: E402 - bench/search.py: the model of a photo library
 
 K = 10
 COMMIT_ROWS = 100_000  # IndexingConfig().shard_size: the rows per shard the indexer commits
@@ -281,42 +282,19 @@ def print_files(result: dict[str, Any]) -> None:
 
 # -- vectors --------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class StreamGenerator:
+class StreamGenerator(Generator):
     """bench/search.py's Generator as a stream: a photo library is a sequence of bursts (shots
     taken together), each burst of one topic; topics have log-normal sizes, every level has the
     same anisotropic spectrum. Queries are held-out shots of random bursts, moved off by extra
     spread. Generated a block of bursts at a time: 5M x 1280 never sits in memory."""
 
-    dim: int = 1280
-    points_per_cluster: int = 500
-    cluster_size_sigma: float = 1.0
-    points_per_burst: int = 8
-    spectrum_decay: float = 0.35
-    axis_jitter: float = 0.5
-    common_weight: float = 0.6
-    center_weight: float = 1.0
-    burst_weight: float = 0.6
-    within_weight: float = 0.35
-    query_noise: float = 0.3
-    seed: int = 0
-
-    def fingerprint(self, n: int, nq: int) -> str:
-        return hashlib.sha256(json.dumps({**asdict(self), "n": n, "nq": nq}, sort_keys=True).encode()).hexdigest()[:16]
-
     def stream(self, n: int, nq: int, block: int = 20_000) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """(database rows, queries) per block of about `block` rows, float32 unit vectors."""
         rng = np.random.default_rng(self.seed)
         d = self.dim
-        basis = np.linalg.qr(rng.standard_normal((d, d)))[0].astype(np.float32)
-        spectrum = (1.0 + np.arange(d)) ** -self.spectrum_decay
-        spectrum = (spectrum / np.linalg.norm(spectrum)).astype(np.float32)
-        common = _unit(rng.standard_normal(d)).astype(np.float32)
-        k = max(1, n // self.points_per_cluster)
-        centers = _unit((rng.standard_normal((k, d)) * spectrum) @ basis).astype(np.float32)
-        p = rng.lognormal(0.0, self.cluster_size_sigma, k)
-        p /= p.sum()
-        scale = np.exp(rng.normal(0.0, self.axis_jitter, (k, d))).astype(np.float32) * spectrum
-        scale /= np.linalg.norm(scale, axis=1, keepdims=True)
+        lib = library_model(rng, n, self)
+        basis, common, centers, p, scale = lib.basis, lib.common, lib.centers, lib.p, lib.axis_scale
+        k = len(centers)
         bursts = max(1, n // self.points_per_burst)
         query_bursts = set(rng.choice(bursts, size=min(nq, bursts), replace=False).tolist())
         made, b = 0, 0

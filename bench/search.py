@@ -89,8 +89,19 @@ class Row:
 
 
 # -- data ---------------------------------------------------------------------------------
-def generate(n: int, nq: int, g: Generator, chunk: int = 20_000) -> Data:
-    rng = np.random.default_rng(g.seed)
+@dataclass
+class Library:
+    """The fixed part of a generated library: a random basis, the shared direction, and each
+    topic's centre, share of the photos and per-axis spread (in basis coordinates)."""
+
+    basis: np.ndarray
+    common: np.ndarray
+    centers: np.ndarray
+    p: np.ndarray
+    axis_scale: np.ndarray
+
+
+def library_model(rng: np.random.Generator, n: int, g: Generator) -> Library:
     d = g.dim
     basis = np.linalg.qr(rng.standard_normal((d, d)))[0].astype(np.float32)
     spectrum = (1.0 + np.arange(d)) ** -g.spectrum_decay
@@ -102,6 +113,15 @@ def generate(n: int, nq: int, g: Generator, chunk: int = 20_000) -> Data:
     p /= p.sum()
     axis_scale = np.exp(rng.normal(0.0, g.axis_jitter, (k, d))).astype(np.float32) * spectrum
     axis_scale /= np.linalg.norm(axis_scale, axis=1, keepdims=True)  # every cluster spreads as much
+    return Library(basis, common, centers, p, axis_scale)
+
+
+def generate(n: int, nq: int, g: Generator, chunk: int = 20_000) -> Data:
+    rng = np.random.default_rng(g.seed)
+    d = g.dim
+    lib = library_model(rng, n, g)
+    basis, common, centers, p, axis_scale = lib.basis, lib.common, lib.centers, lib.p, lib.axis_scale
+    k = len(centers)
     labels = rng.choice(k, size=n + nq, p=p)
     # Bursts: each photo joins one of its topic's bursts (a burst centre has its topic's shape).
     bursts_per_topic = np.maximum(1, np.round(np.bincount(labels, minlength=k) / g.points_per_burst))
