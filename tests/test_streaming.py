@@ -129,3 +129,36 @@ def test_training_from_a_file_equals_training_from_the_array(tmp_path: Path) -> 
     a, b = (faiss.vector_to_array(faiss.downcast_index(coarse_quantizer(t)).codes) for t in (from_file, from_array))
     np.testing.assert_array_equal(a, b)
     assert from_file.is_trained and from_file.ntotal == 0
+
+
+def test_a_shard_written_from_chunks_is_the_shard_written_from_one_array(tmp_path: Path) -> None:
+    """The indexer hands its batches over as chunks (no concatenated copy): the files are the
+    same bytes as from one array, and an indexer run with small gathering blocks finds what it
+    indexed."""
+    x = _unit(np.random.default_rng(3).standard_normal((300, DIM)))
+    parts = [x[:1], x[1:130], x[130:131], x[131:]]
+    for name, vectors in (("whole", x), ("chunks", parts)):
+        with IndexWriter(tmp_path / name, {"name": "t", "dim": DIM}, DIM) as writer:
+            writer.commit(ShardData(vectors, _meta(0, 300)))
+    a, b = (read_manifest(tmp_path / n).shards[0] for n in ("whole", "chunks"))
+    assert a.count == b.count == 300
+    assert a.files == b.files  # sha256 of every file: vectors, index, metadata
+    assert ShardData(parts, _meta(0, 300)).rows == 300
+
+
+def test_the_indexer_gathers_a_shard_in_blocks(tmp_path: Path, tiny_model: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from llm2search.indexer import pipeline
+
+    from .conftest import live_rows, make_photos
+
+    make_photos(tmp_path / "photos", 10)
+    config = pipeline.IndexingConfig(model=str(tiny_model), device="cpu", workers=0, progress=False, batch_size=4)
+    pipeline.index_folder(tmp_path / "photos", tmp_path / "one-block", config)
+    monkeypatch.setattr(pipeline, "GATHER_BLOCK_ROWS", 3)  # blocks of 4, 4 and 2 rows
+    report = pipeline.index_folder(tmp_path / "photos", tmp_path / "blocks", config)
+    assert report.live == 10 and len(read_manifest(tmp_path / "blocks").shards) == 1
+    one, blocks = dict(live_rows(tmp_path / "one-block")), dict(live_rows(tmp_path / "blocks"))
+    assert sorted(one) == sorted(blocks)
+    for path in one:
+        np.testing.assert_array_equal(one[path], blocks[path])

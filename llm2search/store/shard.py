@@ -67,10 +67,19 @@ def storable_ns(ns: int) -> int:
 
 @dataclass
 class ShardData:
-    """What a shard is made of before it is written."""
+    """What a shard is made of before it is written. `vectors` is one (n, dim) array of unit
+    vectors, or its rows as chunks in order (an indexer's batches, written without first
+    being copied into one array)."""
 
-    vectors: np.ndarray  # (n, dim) unit vectors
+    vectors: np.ndarray | list[np.ndarray]
     meta: pa.Table  # META_SCHEMA, one row per vector, same order
+
+    def chunks(self) -> list[np.ndarray]:
+        return [self.vectors] if isinstance(self.vectors, np.ndarray) else [c for c in self.vectors if len(c)]
+
+    @property
+    def rows(self) -> int:
+        return int(sum(len(c) for c in self.chunks()))
 
 
 @dataclass(frozen=True)
@@ -131,15 +140,30 @@ def _trained_index(path: Path) -> Any:
 def write_shard(index_dir: Path, name: str, data: ShardData, trained: Any | None) -> ShardInfo:
     """Build the shard in `shards/.tmp-<name>`, fsync every file, rename to `shards/<name>`."""
     tmp = _fresh_tmp(index_dir, name)
-    vectors16 = np.ascontiguousarray(data.vectors, dtype=np.float16)
-    np.save(tmp / VECTORS_FILE, vectors16)
-    # The index is built from the stored float16 values so re-rank and index agree exactly.
-    write_shard_index(build_shard_index(vectors16, trained), tmp / INDEX_FILE)
+    chunks, rows = data.chunks(), data.rows
+    dim = int(chunks[0].shape[1]) if chunks else int(np.shape(data.vectors)[-1])
+    out = VectorWriter(tmp / VECTORS_FILE, rows, dim)
+
+    def stored() -> Iterator[np.ndarray]:
+        # The index is built from the stored float16 values so re-rank and index agree exactly.
+        for chunk in chunks:
+            chunk16 = np.ascontiguousarray(chunk, dtype=np.float16)
+            out.write(chunk16)
+            yield chunk16
+
+    try:
+        index = build_shard_index(stored(), trained, dim)
+    except BaseException:
+        out.abort()
+        raise
+    out.close()
+    write_shard_index(index, tmp / INDEX_FILE)
+    del index
     meta = conform_meta(data.meta)
     pq.write_table(meta, tmp / META_FILE, compression="zstd")
     with MetaMapWriter(tmp / META_MAP_FILE, META_SCHEMA) as mapped:
         mapped.write(meta)
-    return _publish(index_dir, tmp, name, len(vectors16))
+    return _publish(index_dir, tmp, name, rows)
 
 
 def merge_shards(index_dir: Path, name: str, parts: list[tuple[ShardInfo, np.ndarray]], dim: int,

@@ -185,7 +185,7 @@ class IndexWriter:
                 for s in shards
             ]
         crash_point("after_tombstones")
-        if new_shard is not None and len(new_shard.vectors):
+        if new_shard is not None and new_shard.rows:
             shards.append(self._written(write_shard(self.dir, self._next_name(), new_shard, self._trained_index())))
         shards += [self._written(s.info) for s in staged]
         crash_point("after_shard")
