@@ -69,3 +69,17 @@ def test_query_bench_quick(tmp_path: Path) -> None:
     assert result["factory"].startswith("IVF") and result["cold_over_warm"] > 0
     assert ("warm server (HTTP search/text)" in phases) == result["server_measured"]
     assert "| re-rank |" in stdout
+
+
+def test_scale_bench_quick(tmp_path: Path) -> None:
+    files, stdout = run_bench("scale.py", tmp_path, "files")
+    assert [r["files"] for r in files["rows"]] == [300, 900] and "| 900 |" in stdout
+    for r in files["rows"]:
+        assert r["embedded"] == r["files"] and r["peak_rss_mib"] > 0 and r["tree_peak_mib"] > 0
+        assert [x["embedded"] for x in r["reruns"]] == [0, 0, 0]  # nothing changed, nothing embedded
+    vectors, stdout = run_bench("scale.py", tmp_path, "vectors")
+    for r in vectors["rows"]:
+        assert 0.0 < r["ours"]["recall"] <= 1.0 and r["ours"]["factory"].startswith("IVF")
+        assert r["retrain"]["embedded"] == 0 and r["retrain"]["training"]["nlist"] > 0
+        assert r["flat_qps"] > 0 and r["ours"]["batch_qps"] > 0 and r["server"]["after_queries"]
+    assert "fitted exponent" in stdout
