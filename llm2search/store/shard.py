@@ -10,7 +10,7 @@ import shutil
 import uuid
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -75,7 +75,10 @@ class ShardData:
     meta: pa.Table  # META_SCHEMA, one row per vector, same order
 
     def chunks(self) -> list[np.ndarray]:
-        return [self.vectors] if isinstance(self.vectors, np.ndarray) else [c for c in self.vectors if len(c)]
+        chunks = [self.vectors] if isinstance(self.vectors, np.ndarray) else list(self.vectors)
+        if not chunks:
+            raise ValueError("a shard's vectors need at least one chunk (an empty (0, dim) array for none)")
+        return chunks
 
     @property
     def rows(self) -> int:
@@ -141,24 +144,7 @@ def write_shard(index_dir: Path, name: str, data: ShardData, trained: Any | None
     """Build the shard in `shards/.tmp-<name>`, fsync every file, rename to `shards/<name>`."""
     tmp = _fresh_tmp(index_dir, name)
     chunks, rows = data.chunks(), data.rows
-    dim = int(chunks[0].shape[1]) if chunks else int(np.shape(data.vectors)[-1])
-    out = VectorWriter(tmp / VECTORS_FILE, rows, dim)
-
-    def stored() -> Iterator[np.ndarray]:
-        # The index is built from the stored float16 values so re-rank and index agree exactly.
-        for chunk in chunks:
-            chunk16 = np.ascontiguousarray(chunk, dtype=np.float16)
-            out.write(chunk16)
-            yield chunk16
-
-    try:
-        index = build_shard_index(stored(), trained, dim)
-    except BaseException:
-        out.abort()
-        raise
-    out.close()
-    write_shard_index(index, tmp / INDEX_FILE)
-    del index
+    _write_vectors_and_index(tmp, chunks, rows, int(chunks[0].shape[1]), trained)
     meta = conform_meta(data.meta)
     pq.write_table(meta, tmp / META_FILE, compression="zstd")
     with MetaMapWriter(tmp / META_MAP_FILE, META_SCHEMA) as mapped:
@@ -174,23 +160,13 @@ def merge_shards(index_dir: Path, name: str, parts: list[tuple[ShardInfo, np.nda
     one chunk and the new index's codes, never the shards' vectors."""
     tmp = _fresh_tmp(index_dir, name)
     total = int(sum(len(keep) for _, keep in parts))
-    out = VectorWriter(tmp / VECTORS_FILE, total, dim)
 
     def chunks() -> Iterator[np.ndarray]:
         for shard, keep in parts:
             with VectorReader(shard_dir(index_dir, shard.name) / VECTORS_FILE) as reader:
-                for chunk in reader.chunks(keep):
-                    out.write(chunk)
-                    yield chunk
+                yield from reader.chunks(keep)
 
-    try:
-        index = build_shard_index(chunks(), trained, dim)
-    except BaseException:
-        out.abort()
-        raise
-    out.close()
-    write_shard_index(index, tmp / INDEX_FILE)
-    del index
+    _write_vectors_and_index(tmp, chunks(), total, dim, trained)
     with (pq.ParquetWriter(tmp / META_FILE, META_SCHEMA, compression="zstd") as writer,
           MetaMapWriter(tmp / META_MAP_FILE, META_SCHEMA) as mapped):
         for shard, keep in parts:
@@ -198,6 +174,27 @@ def merge_shards(index_dir: Path, name: str, parts: list[tuple[ShardInfo, np.nda
                 writer.write_table(table)
                 mapped.write(table)
     return _publish(index_dir, tmp, name, total)
+
+
+def _write_vectors_and_index(tmp: Path, chunks: Iterable[np.ndarray], rows: int, dim: int, trained: Any | None) -> None:
+    """vectors.npy and index.faiss of a shard in `tmp`, from its rows' chunks in order: each
+    chunk is written as float16 and added to the index as it passes (the index is built from
+    the stored float16 values, so re-rank and index agree exactly); one chunk is held at a time."""
+    out = VectorWriter(tmp / VECTORS_FILE, rows, dim)
+
+    def stored() -> Iterator[np.ndarray]:
+        for chunk in chunks:
+            chunk16 = np.ascontiguousarray(chunk, dtype=np.float16)
+            out.write(chunk16)
+            yield chunk16
+
+    try:
+        index = build_shard_index(stored(), trained, dim)
+    except BaseException:
+        out.abort()
+        raise
+    out.close()
+    write_shard_index(index, tmp / INDEX_FILE)
 
 
 def _meta_batches(index_dir: Path, shard: ShardInfo, keep: np.ndarray | None = None) -> Iterator[pa.Table]:
