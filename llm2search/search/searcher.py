@@ -18,6 +18,7 @@ import numpy as np
 import pyarrow as pa
 
 from ..errors import IndexClosedError, IndexCorruptError, InvalidQueryError, ItemNotFoundError
+from .coarse import CoarseConfig, CoarseSearch
 from .filters import SearchFilter
 from .merge import Ranked, Scored, empty_scored, finish, keep_best, merge_candidates, top_exact
 from ..models.presets import spec_for_index
@@ -237,7 +238,7 @@ class SearchIndex:
     def __init__(self, index_dir: str | Path, model: str | None = None, device: str | None = None,
                  config: IndexConfig = IndexConfig(), embedder: Any = None, use_gpu: bool = True,
                  gpu: GpuSearchConfig = GpuSearchConfig(), version: Manifest | None = None,
-                 shards: Sequence[str] | None = None):
+                 shards: Sequence[str] | None = None, coarse: CoarseConfig = CoarseConfig()):
         self.dir = Path(index_dir)
         self._version = version
         self._fixed = version is not None  # never moves to a newer version
@@ -248,6 +249,7 @@ class SearchIndex:
         self._embedder = embedder
         self._use_gpu = use_gpu
         self._gpu_config = gpu
+        self._coarse_config = coarse
         self._gpu: Any = None  # the GPU copy answering unfiltered searches (search/gpu.py), if any
         self._lease: Lease | None = None
         self._release = None  # releases the lease when this object is garbage-collected
@@ -266,6 +268,9 @@ class SearchIndex:
                 self.manifest: Manifest = lease.manifest
                 self._trained = self._read_trained()
                 self._quantizer = coarse_quantizer(self._trained) if self._trained is not None else None
+                self._coarse = None if self._quantizer is None else CoarseSearch(
+                    self._quantizer, self.config.nprobe, self._coarse_config,
+                    key=(str(self.dir.resolve()), self.manifest.trained["file"]))
                 self.shards = [_OpenShard(self.dir, s, self._trained) for s in chosen]
             except FileNotFoundError as e:
                 lease.close()
@@ -518,10 +523,17 @@ class SearchIndex:
     def coarse(self, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
         """(distances, lists) of the queries' nprobe nearest coarse centroids, or None for Flat.
         Every IVF-PQ shard is a copy of one trained index, so the coarse quantizer is searched
-        once per query instead of once per shard (bench/search.py measured the saving)."""
-        if self._quantizer is None or any(s.ivf is None for s in self.shards):
+        once per query instead of once per shard (bench/search.py measured the saving); single
+        searches over many lists go through a graph of the centroids (search/coarse.py)."""
+        if self._coarse is None or any(s.ivf is None for s in self.shards):
             return None
-        return self._quantizer.search(queries, min(self.config.nprobe, self._quantizer.ntotal))
+        return self._coarse.search(queries)
+
+    def warm_coarse_graph(self, timeout: float | None = None) -> bool:
+        """Build the graph single searches use at this many lists now, instead of on the first
+        one, and wait for it: True when searches take it (False: too few lists, or Flat)."""
+        self._check_open()
+        return self._coarse is not None and self._coarse.wait(timeout)
 
     def _hits(self, scores: np.ndarray, owners: np.ndarray, rows: np.ndarray,
               ranks: np.ndarray | None = None) -> list[Hit]:
@@ -646,10 +658,13 @@ def _cpu_ivf(index: Any) -> Any:
         return None
 
 
-def open_index(index_dir: str | Path, model: str | None = None, device: str | None = None) -> SearchIndex:
+def open_index(index_dir: str | Path, model: str | None = None, device: str | None = None,
+               coarse: CoarseConfig = CoarseConfig()) -> SearchIndex:
     """Open the committed index at `index_dir` for searching (memory-mapped; instant). The
-    version opened stays readable until the index is closed (`with open_index(...) as index`)."""
-    return SearchIndex(index_dir, model=model, device=device)
+    version opened stays readable until the index is closed (`with open_index(...) as index`).
+    A process that asks one question can pass `CoarseConfig(graph_min_lists=0)`: the graph
+    single searches use over many lists takes seconds to build (search/coarse.py)."""
+    return SearchIndex(index_dir, model=model, device=device, coarse=coarse)
 
 
 def check_k(k: int) -> None:
