@@ -448,6 +448,7 @@ store, queries, single = sys.argv[1], np.load(sys.argv[2]), int(sys.argv[3])
 sys.path.insert(0, os.path.join(sys.argv[4], "bench"))
 from scale import smaps
 started = time.perf_counter()
+from llm2search.search.coarse import CoarseConfig
 from llm2search.search.searcher import SearchIndex
 index = SearchIndex(store, embedder=object(), use_gpu=False)
 opened = time.perf_counter()
@@ -462,16 +463,30 @@ for _ in range(3):
     out = [ids(h) for s in range(0, len(queries), 1000) for h in index.search_vectors(queries[s:s + 1000], 10)]
     best = max(best, len(queries) / (time.perf_counter() - t))
     got = out
-times = []
-index.search_vector(queries[0], 10)
-for q in queries[:single]:
-    t = time.perf_counter()
-    index.search_vector(q, 10)
-    times.append((time.perf_counter() - t) * 1000)
+def singles(searcher):
+    times, found = [], []
+    searcher.search_vector(queries[0], 10)
+    for q in queries[:single]:
+        t = time.perf_counter()
+        hits = searcher.search_vector(q, 10)
+        times.append((time.perf_counter() - t) * 1000)
+        found.append(ids(hits))
+    return times, found
+# The baseline in the same process and on the same warm pages: the centroids scanned exactly.
+with SearchIndex(store, embedder=object(), use_gpu=False, coarse=CoarseConfig(graph_min_lists=0)) as exact:
+    exact_times, exact_ids = singles(exact)
+t = time.perf_counter()
+graph = index.warm_coarse_graph()
+graph_s = time.perf_counter() - t
+times, single_ids = singles(index)
 after_queries = smaps(os.getpid())
 print(json.dumps({"open_s": opened - started, "import_and_open_s": opened - started, "batch_qps": best,
                   "p50_ms": float(np.percentile(times, 50)), "p99_ms": float(np.percentile(times, 99)),
-                  "ids": got, "factory": index.manifest.factory, "shards": len(index.shards),
+                  "coarse_graph": graph, "coarse_graph_build_s": graph_s if graph else None,
+                  "exact_coarse_p50_ms": float(np.percentile(exact_times, 50)),
+                  "exact_coarse_p99_ms": float(np.percentile(exact_times, 99)),
+                  "ids": got, "single_ids": single_ids, "exact_coarse_single_ids": exact_ids,
+                  "factory": index.manifest.factory, "shards": len(index.shards),
                   "smaps_open": after_open, "smaps_queries": after_queries}))
 """
 
@@ -598,26 +613,41 @@ def bench_vectors(args: argparse.Namespace) -> dict[str, Any]:
             raise SystemExit(f"{n:,} vectors need about {need / 2**30:.0f} GiB free under {work}; {free / 2**30:.0f} GiB is")
         built = build_store(store, n, args.queries, model, gen)
         log(f"vectors: {n:,}: built ({built['factory_before_retrain']}) in {built['build_s']:.0f} s; retraining, load {load()}")
-        trained = retrain(store, model, work)
-        log(f"vectors: {n:,}: retrain {trained['wall_s']:.0f} s, peak RSS {trained['peak_rss_mib']:.0f} MiB")
+        if args.keep_training and _retrained(store, n):
+            trained = None
+            log(f"vectors: {n:,}: kept the store's training ({built['factory_before_retrain']} retrained earlier)")
+        else:
+            trained = retrain(store, model, work)
+            log(f"vectors: {n:,}: retrain {trained['wall_s']:.0f} s, peak RSS {trained['peak_rss_mib']:.0f} MiB")
         query_file = work / f"store-{n}-queries.npy"
-        xq = np.load(query_file)
+        xq, load_before = np.load(query_file), load()
         gt, flat_search_s, gt_wall = ground_truth(store, xq, work / f"store-{n}-gt.npz")
         log(f"vectors: {n:,}: ground truth for {len(xq)} queries in {gt_wall:.0f} s "
             f"(Flat {len(xq) / flat_search_s:.1f} q/s)")
         ours = search_ours(store, query_file, args.single)
         ours["recall"] = _recall(ours.pop("ids"), gt)
-        log(f"vectors: {n:,}: recall@10 {ours['recall']:.3f}, {ours['batch_qps']:.0f} q/s, p50 {ours['p50_ms']:.2f} ms")
+        ours["single_recall"] = _recall(ours.pop("single_ids"), gt)
+        ours["exact_coarse_single_recall"] = _recall(ours.pop("exact_coarse_single_ids"), gt)
+        log(f"vectors: {n:,}: recall@10 {ours['recall']:.3f}, {ours['batch_qps']:.0f} q/s, p50 {ours['p50_ms']:.2f} ms "
+            f"(centroids scanned exactly: {ours['exact_coarse_p50_ms']:.2f} ms)")
         opens = open_time(store)
         infos = info_wall(store)
         server = server_rss(store, xq)
-        rows.append({"n": n, "built": built, "retrain": trained, "flat_qps": len(xq) / flat_search_s,
+        rows.append({"n": n, "built": built, "retrain": trained, "load": [load_before, load()], "flat_qps": len(xq) / flat_search_s,
                      "gt_wall_s": gt_wall, "ours": ours, "open": opens, "info_wall_s": infos, "server": server,
                      "disk_bytes": sum(f.stat().st_size for f in store.rglob("*") if f.is_file())})
         log(f"vectors: {n:,}: server RSS {sum(server['after_queries'].values()):.0f} MiB")
         if args.clean:
             _sh.rmtree(store, ignore_errors=True)
     return {"rows": rows, "baseline_server": baseline, "generator": asdict(gen)}
+
+
+def _retrained(store: Path, n: int) -> bool:
+    """Whether the store's training is already what --retrain gives at `n` vectors."""
+    from llm2search.store.manifest import read_manifest
+    from llm2search.store.vector_index import choose_nlist, factory_nlist
+
+    return factory_nlist(read_manifest(store).factory) == choose_nlist(n)
 
 
 def args_bytes_per_vector(dim: int) -> int:
@@ -640,11 +670,25 @@ def print_vectors(result: dict[str, Any]) -> None:
         pv = per_vector(r["server"]["after_queries"], base, n)
         held = sum(v for k, v in pv.items() if k not in ("vectors.npy (re-rank reads)", "code and libraries", "other"))
         opens = [x["open_s"] for x in r["open"]["runs"]]
-        print(f"| {n:,} | `{o['factory']}` ({o['shards']} shards) | {t['wall_s']:.0f} | {t['peak_rss_mib']:.0f} "
-              f"({t['peak_anon_mib']:.0f} / {t['peak_file_mib']:.0f}) | {o['recall']:.3f} | {o['batch_qps']:,.0f} | "
+        retrained = (f"{t['wall_s']:.0f} | {t['peak_rss_mib']:.0f} ({t['peak_anon_mib']:.0f} / {t['peak_file_mib']:.0f})"
+                     if t else "kept | kept")
+        load_avg = f"{t['load'][0]}–{t['load'][1]}" if t else f"{r['load'][0]}–{r['load'][1]}"
+        print(f"| {n:,} | `{o['factory']}` ({o['shards']} shards) | {retrained} | {o['recall']:.3f} | {o['batch_qps']:,.0f} | "
               f"{r['flat_qps']:.1f} | {o['batch_qps'] / r['flat_qps']:.0f}× | {o['p50_ms']:.2f} / {o['p99_ms']:.2f} | "
               f"{held:.0f} | {pv.get('vectors.npy (re-rank reads)', 0):.0f} | {min(opens):.2f} | "
-              f"{min(r['info_wall_s']):.2f} | {t['load'][0]}–{t['load'][1]} |")
+              f"{min(r['info_wall_s']):.2f} | {load_avg} |")
+    print("\nsingle searches: the coarse search through the graph (search/coarse.py) vs the centroids scanned "
+          "exactly, same process, same queries:")
+    print("| vectors | lists | graph p50 / p99 ms | exact scan p50 / p99 ms | p50 ratio | recall@10 graph / exact | "
+          "graph build s |")
+    print("|---:|---:|---|---|---:|---|---:|")
+    for r in result["rows"]:
+        o = r["ours"]
+        build = f"{o['coarse_graph_build_s']:.1f}" if o.get("coarse_graph") else "no graph (few lists)"
+        print(f"| {r['n']:,} | {o['factory'].split(',')[0][3:]} | {o['p50_ms']:.2f} / {o['p99_ms']:.2f} | "
+              f"{o['exact_coarse_p50_ms']:.2f} / {o['exact_coarse_p99_ms']:.2f} | "
+              f"{o['exact_coarse_p50_ms'] / o['p50_ms']:.2f}× | {o['single_recall']:.3f} / "
+              f"{o['exact_coarse_single_recall']:.3f} | {build} |")
     print("\nserver RSS per vector by mapping (after open → after all queries), minus the same server on a 1k index:")
     for r in result["rows"]:
         a = per_vector(r["server"]["after_open"], result["baseline_server"]["after_open"], r["n"])
@@ -655,8 +699,8 @@ def print_vectors(result: dict[str, Any]) -> None:
     if len(rows) >= 2:
         ns = np.log([r["n"] for r in rows])
         metrics = {
-            "retrain wall": [r["retrain"]["wall_s"] for r in rows],
-            "retrain peak RSS": [r["retrain"]["peak_rss_mib"] for r in rows],
+            "retrain wall": [r["retrain"]["wall_s"] if r["retrain"] else np.nan for r in rows],
+            "retrain peak RSS": [r["retrain"]["peak_rss_mib"] if r["retrain"] else np.nan for r in rows],
             "batch q/s": [r["ours"]["batch_qps"] for r in rows],
             "single p50": [r["ours"]["p50_ms"] for r in rows],
             "server RSS (after queries)": [sum(r["server"]["after_queries"].values()) for r in rows],
@@ -665,6 +709,8 @@ def print_vectors(result: dict[str, Any]) -> None:
         }
         print("\nfitted exponent b of value ∝ N^b (least squares on log-log):")
         for name, values in metrics.items():
+            if any(np.isnan(values)):
+                continue  # a size whose training was kept (--keep-training)
             b = np.polyfit(ns, np.log(np.maximum(values, 1e-9)), 1)[0]
             print(f"- {name}: b = {b:.2f}  ({', '.join(f'{v:,.2f}' for v in values)})")
 
@@ -684,6 +730,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--single", type=int, default=200)
     p.add_argument("--quick", action="store_true", help="small sizes: seconds")
     p.add_argument("--clean", action="store_true", help="delete each size's index after measuring it")
+    p.add_argument("--keep-training", action="store_true",
+                   help="vectors: a cached store an earlier run retrained is searched as it is (no retrain measured)")
     p.add_argument("--work", type=Path, default=BENCH_DIR / ".work" / "scale")
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)

@@ -82,4 +82,7 @@ def test_scale_bench_quick(tmp_path: Path) -> None:
         assert 0.0 < r["ours"]["recall"] <= 1.0 and r["ours"]["factory"].startswith("IVF")
         assert r["retrain"]["embedded"] == 0 and r["retrain"]["training"]["nlist"] > 0
         assert r["flat_qps"] > 0 and r["ours"]["batch_qps"] > 0 and r["server"]["after_queries"]
-    assert "fitted exponent" in stdout
+        # single searches measured both ways in one process: the quick sizes have too few lists for a graph
+        assert r["ours"]["coarse_graph"] is False and r["ours"]["exact_coarse_p50_ms"] > 0
+        assert 0.0 < r["ours"]["single_recall"] <= 1.0 and 0.0 < r["ours"]["exact_coarse_single_recall"] <= 1.0
+    assert "fitted exponent" in stdout and "exact scan p50" in stdout
