@@ -259,6 +259,8 @@ def bench_files(args: argparse.Namespace) -> dict[str, Any]:
         row["reruns"] = reruns
         walls = ", ".join(f"{x['wall_s']:.2f}" for x in reruns)
         log(f"files: {n:,}: no-change reruns {walls} s")
+        row["plan"] = plan_memory(folder, index)
+        log(f"files: {n:,}: change detection peak {row['plan']['steps'][-1]['hwm_mib']:.0f} MiB")
         rows.append(row)
         if args.clean:
             shutil.rmtree(index, ignore_errors=True)
@@ -267,6 +269,14 @@ def bench_files(args: argparse.Namespace) -> dict[str, Any]:
         r["peak_vs_smallest"] = r["peak_rss_mib"] / base["peak_rss_mib"]
         r["tree_vs_smallest"] = r["tree_peak_mib"] / base["tree_peak_mib"]
     return {"rows": rows}
+
+
+def plan_memory(folder: Path, index: Path) -> dict[str, Any]:
+    """bench/plan_memory.py in a fresh process: change detection's memory, step by step."""
+    m = run_measured([sys.executable, str(BENCH_DIR / "plan_memory.py"), str(folder), str(index)], cwd=ROOT)
+    if m.returncode:
+        raise RuntimeError(f"plan_memory.py failed: {m.stderr[-3000:]}")
+    return json.loads(m.stdout.strip().splitlines()[-1])
 
 
 def print_files(result: dict[str, Any]) -> None:
@@ -278,6 +288,13 @@ def print_files(result: dict[str, Any]) -> None:
         print(f"| {r['files']:,} | {r['index_s']:.1f} | {r['files_per_s']:.0f} | {r['peak_rss_mib']:.0f} | "
               f"{r['peak_vs_smallest']:.2f} | {r['tree_peak_mib']:.0f} | {r['tree_vs_smallest']:.2f} | {reruns} | "
               f"{max(x['embedded'] for x in r['reruns'])} | {r['load'][0]}–{r['load'][1]} |")
+    print("\nchange detection of a no-change rerun, step by step (bench/plan_memory.py, a fresh process):")
+    print("| files | step | s | RSS MiB | peak MiB | RSS added since imports, B/file |")
+    print("|---:|---|---:|---:|---:|---:|")
+    for r in result["rows"]:
+        for st in r.get("plan", {}).get("steps", [])[1:]:
+            print(f"| {r['files']:,} | {st['step']} | {st['s']:.2f} | {st['rss_mib']:.0f} | {st['hwm_mib']:.0f} | "
+                  f"{st['rss_bytes_per_file']:.0f} |")
 
 
 # -- vectors --------------------------------------------------------------------------------

@@ -77,6 +77,9 @@ def test_scale_bench_quick(tmp_path: Path) -> None:
     for r in files["rows"]:
         assert r["embedded"] == r["files"] and r["peak_rss_mib"] > 0 and r["tree_peak_mib"] > 0
         assert [x["embedded"] for x in r["reruns"]] == [0, 0, 0]  # nothing changed, nothing embedded
+        steps = r["plan"]["steps"]  # change detection's memory, step by step
+        assert r["plan"]["files"] == r["files"] and r["plan"]["to_embed"] == 0 and len(steps) == 4
+        assert all(st["hwm_mib"] >= st["rss_mib"] > 0 for st in steps)
     vectors, stdout = run_bench("scale.py", tmp_path, "vectors")
     for r in vectors["rows"]:
         assert 0.0 < r["ours"]["recall"] <= 1.0 and r["ours"]["factory"].startswith("IVF")
