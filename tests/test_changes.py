@@ -64,6 +64,7 @@ def test_plan_against_exact_answer(tmp_path: Path) -> None:
         {"path": "/p/bad2.jpg", "size": 8, "mtime_ns": 8, "reason": "x", "time": 0},
         {"path": "/p/gone.jpg", "size": 1, "mtime_ns": 1, "reason": "x", "time": 0},
         {"path": "/other/bad.jpg", "size": 1, "mtime_ns": 1, "reason": "x", "time": 0},
+        {"path": "/p/sub/c.jpg", "size": 1, "mtime_ns": 1, "reason": "x", "time": 0},  # met, as a problem
     ], schema=ERRORS_SCHEMA)
     plan = plan_changes(scan, state, "/p", errors)
 

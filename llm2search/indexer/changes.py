@@ -40,13 +40,7 @@ SCAN_BATCH_ROWS = 65_536
 class ScanResult:
     files: pa.Table  # SCAN_SCHEMA, in scan order
     problems: pa.Table  # PROBLEM_SCHEMA: paths that could not be listed or stat'ed
-
-    @property
-    def seen(self) -> pa.Array:
-        """Every path the scan met, files and problems alike (a path with a problem is not
-        treated as deleted: its indexed entry stays until the file is readable again)."""
-        return pa.concat_arrays([*self.files.column("path").chunks, *self.problems.column("path").chunks]
-                                or [columns.strings([])])
+    # (a path with a problem is not treated as deleted: its entry stays until it is readable)
 
 
 @dataclass(frozen=True)
@@ -132,7 +126,7 @@ def plan_changes(scan: ScanResult, state: IndexState, root: str, errors: pa.Tabl
     - to embed: every other scanned file (its old live row, if any, is named in the plan);
     - deleted: live rows under `root` whose path the scan did not meet."""
     root = display(root)  # stored paths are in display form (store/pathnames.py)
-    files = scan.files.combine_chunks()
+    files = scan.files  # chunked as scanned: a combined copy would hold every path twice
     live = state.live
     n = len(files)
     size, mtime = _ints(files.column("size")), _ints(files.column("mtime_ns"))
@@ -145,8 +139,8 @@ def plan_changes(scan: ScanResult, state: IndexState, root: str, errors: pa.Tabl
                           & (_ints(live.column("mtime_ns").take(old)) == mtime[matched]))
 
     known_bad = np.zeros(n, dtype=bool)
+    error_row = _positions(files.column("path"), errors.column("path"))  # -1: no recorded failure
     if not retry_errors and errors.num_rows:
-        error_row = _positions(files.column("path"), errors.column("path"))
         bad = (error_row >= 0) & ~unchanged
         at = _indices(error_row[bad])
         known_bad[bad] = ((_ints(errors.column("size").take(at)) == size[bad])
@@ -168,10 +162,11 @@ def plan_changes(scan: ScanResult, state: IndexState, root: str, errors: pa.Tabl
         columns.array(old_row, pa.int64(), mask=~replaced),
     ], schema=EMBED_SCHEMA)
 
-    seen = scan.seen
-    gone = _under(live.column("path"), root)
-    if gone.any():
-        gone &= ~_mask(pc.is_in(live.column("path"), value_set=seen))
+    # What the scan met, as rows of the index and of the failure list: the join above already
+    # placed every scanned path, so no second hash table over all of them is built.
+    problem_paths = scan.problems.column("path")
+    seen_live = _met(len(live), live_row, _positions(problem_paths, live.column("path")))
+    gone = _under(live.column("path"), root) & ~seen_live
     deleted: dict[str, np.ndarray] = {}
     gone_at = _indices(np.flatnonzero(gone))
     gone_shards, gone_rows = _ints(live.column("shard").take(gone_at)), _ints(live.column("row").take(gone_at))
@@ -179,9 +174,7 @@ def plan_changes(scan: ScanResult, state: IndexState, root: str, errors: pa.Tabl
         deleted[state.shards[int(s)]] = gone_rows[gone_shards == s]
 
     error_paths = errors.column("path")
-    stale = _under(error_paths, root)
-    if stale.any():
-        stale &= ~_mask(pc.is_in(error_paths, value_set=seen))
+    stale = _under(error_paths, root) & ~_met(errors.num_rows, error_row, _positions(problem_paths, error_paths))
     return ChangePlan(
         root=root, embed=embed, deleted=deleted,
         stale_errors=error_paths.take(_indices(np.flatnonzero(stale))).combine_chunks()
@@ -221,6 +214,14 @@ def _ints(values: pa.ChunkedArray | pa.Array, fill: int = 0) -> np.ndarray:
 
 def _indices(positions: np.ndarray) -> pa.Array:
     return columns.array(np.asarray(positions, dtype=np.int64), pa.int64())
+
+
+def _met(n: int, *positions: np.ndarray) -> np.ndarray:
+    """A mask of `n` rows: True where some position array (-1: none) points."""
+    mask = np.zeros(n, dtype=bool)
+    for at in positions:
+        mask[at[at >= 0]] = True
+    return mask
 
 
 def _positions(keys: pa.ChunkedArray | pa.Array, values: pa.ChunkedArray | pa.Array) -> np.ndarray:

@@ -255,6 +255,7 @@ class _Run:
         self.last_commit = time.monotonic()
         self._batch_size = config.batch_size
         self._lookup: Any = None
+        self.plan: ChangePlan | None = None
         self.linked: set[str] = set()  # real folders reached through directory symlinks
 
     @property
@@ -297,6 +298,8 @@ class _Run:
             self.deletions.setdefault(shard, []).append(rows)
         self.report.deleted += plan.deleted_count
         self.failures.drop(plan.stale_errors)
+        self.plan = None  # its tables (the files it embedded, the index's live rows) are not needed
+        # by the commits, training and compaction that follow
 
     def _decode_and_embed(self, plan: ChangePlan) -> None:
         options = DecodeOptions(self.spec.preprocess, self.config.max_pixels,
@@ -342,6 +345,7 @@ class _Run:
         else:
             self.report.new += 1
         row = meta_row(item)
+        assert self.plan is not None  # files are embedded while their plan executes
         stored = self.plan.vectors_by_hash().find(item.content_hash)
         if stored is not None and not self.writer.intact(_shard_info(self.writer, stored[0])):
             stored = None  # never copy a vector out of a damaged shard: embed the file again
