@@ -65,7 +65,8 @@ def _kill_the_first_embed_actor(killed: list[int]):
     def observe(status) -> None:
         if killed:
             return
-        actors = ray.get(status.tally.actors.remote(), timeout=10)
+        # A generous timeout: on a loaded 2-core host the tally actor can take seconds to answer
+        actors = ray.get(status.tally.actors.remote(), timeout=120)
         if actors:
             ray.kill(actors[0])
             killed.append(status.counts.get("received", 0))
