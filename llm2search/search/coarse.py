@@ -26,7 +26,8 @@ import numpy as np
 class CoarseConfig:
     """When single searches take the graph, and its shape (faiss IndexHNSWFlat)."""
 
-    graph_min_lists: int = 4096  # quantizers with fewer lists are scanned exactly (0: never a graph)
+    graph_min_lists: int = 0  # 0: never a graph (the default: at 5M it cut single-search recall@10
+    # to 0.596 from 0.968, bench/scale.py); N: quantizers with N+ lists take one for single searches
     graph_max_queries: int = 16  # bigger batches use the exact matrix product (BLAS)
     graph_m: int = 32  # neighbours per node
     ef_construction: int = 80
