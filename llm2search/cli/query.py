@@ -102,12 +102,10 @@ def truncation_warning(cut: int, limit: int) -> str:
 
 def _local_search(index_dir: Path, model: Optional[str], device: str, q: _Query, k: int,
                   flt: Any) -> tuple[list, str]:
-    from ..search.coarse import CoarseConfig
     from ..search.query import WeightedVector, combine, image_pixels
     from ..search.searcher import open_index
 
-    # One question per process: no coarse graph (seconds to build; search/coarse.py)
-    idx = open_index(index_dir, model=model, device=device, coarse=CoarseConfig(graph_min_lists=0))
+    idx = open_index(index_dir, model=model, device=device)
     texts = ([q.text] if q.text else []) + q.negative
     cut = sum(idx.embedder.truncated(texts)) if texts else 0
     warning = truncation_warning(cut, idx.embedder.token_limit) if cut else ""

@@ -204,10 +204,6 @@ def _under(paths: pa.ChunkedArray | pa.Array, root: str) -> np.ndarray:
     return below | same
 
 
-def _mask(values: pa.ChunkedArray | pa.Array) -> np.ndarray:
-    return columns.flags(values)
-
-
 def _ints(values: pa.ChunkedArray | pa.Array, fill: int = 0) -> np.ndarray:
     return columns.numbers(values, fill=fill).astype(np.int64, copy=False)
 
