@@ -146,6 +146,26 @@ def test_a_shard_written_from_chunks_is_the_shard_written_from_one_array(tmp_pat
     assert ShardData(parts, _meta(0, 300)).rows == 300
 
 
+def test_a_flat_index_of_known_size_is_filled_in_place_and_is_faiss_s_own(tmp_path: Path) -> None:
+    """A Flat shard index is allocated once for its rows and filled (no doubling buffer): the
+    file is the one faiss's add writes, and a wrong row count is refused."""
+    import faiss
+
+    from llm2search.store.vector_index import build_shard_index
+
+    x = _unit(np.random.default_rng(4).standard_normal((257, DIM))).astype(np.float16)
+    chunks = [x[:100], x[100:100], x[100:]]
+    filled = build_shard_index(iter(chunks), None, DIM, rows=257)
+    added = build_shard_index(iter(chunks), None, DIM)
+    faiss.write_index(filled, str(tmp_path / "filled"))
+    faiss.write_index(added, str(tmp_path / "added"))
+    assert (tmp_path / "filled").read_bytes() == (tmp_path / "added").read_bytes()
+    assert filled.ntotal == 257 and build_shard_index(iter([x[:0]]), None, DIM, rows=0).ntotal == 0
+    for rows in (256, 258):
+        with pytest.raises(ValueError):
+            build_shard_index(iter(chunks), None, DIM, rows=rows)
+
+
 def test_the_indexer_gathers_a_shard_in_blocks(tmp_path: Path, tiny_model: Path,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     from llm2search.indexer import pipeline

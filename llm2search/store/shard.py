@@ -189,7 +189,7 @@ def _write_vectors_and_index(tmp: Path, chunks: Iterable[np.ndarray], rows: int,
             yield chunk16
 
     try:
-        index = build_shard_index(stored(), trained, dim)
+        index = build_shard_index(stored(), trained, dim, rows)
     except BaseException:
         out.abort()
         raise
@@ -223,7 +223,7 @@ def reindex_shard(index_dir: Path, old: ShardInfo, new_name: str, trained: Any |
     for f in (META_FILE, VECTORS_FILE):
         _link_or_copy(src / f, tmp / f)
     with VectorReader(src / VECTORS_FILE) as reader:
-        write_shard_index(build_shard_index(reader.chunks(), trained, reader.dim), tmp / INDEX_FILE)
+        write_shard_index(build_shard_index(reader.chunks(), trained, reader.dim, reader.rows), tmp / INDEX_FILE)
     with MetaMapWriter(tmp / META_MAP_FILE, META_SCHEMA) as mapped:
         for table in _meta_batches(index_dir, old):
             mapped.write(table)

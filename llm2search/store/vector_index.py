@@ -28,7 +28,13 @@ IVF_SHARD_ROWS = 500_000
 # ... and at least this many rows per list, so the padding stays ~15.5 x 80 / 256 = 4.8 B/vector
 # whatever nlist is (DESIGN §7): 2.1M rows at 8,192 lists, 16.8M at 65,536.
 SHARD_ROWS_PER_LIST = 256
-ADD_CHUNK_ROWS = 16_384  # rows converted to float32 per faiss add: 84 MB at 1280-d
+# Rows converted to float32 per faiss add (21 MB at 1280-d) and per k-means step. faiss's add
+# and our k-means each hold about 3 copies of a chunk (float32, residuals or the sorted copy):
+# at 1M rows and 2,048 lists, 16,384-row chunks peaked 97 MiB (add) and 258 MiB (one k-means
+# iteration) over the process, 4,096-row chunks 26 and 108 MiB, in the same time or less
+# (1 thread: 12.7 vs 13.7 s and 13.2 vs 14.3 s).
+ADD_CHUNK_ROWS = 4_096
+KMEANS_CHUNK_ROWS = 4_096
 
 
 @dataclass(frozen=True)
@@ -94,11 +100,11 @@ def train_ivfpq(sample: np.ndarray | Path, nlist: int, seed: int = 1234) -> tupl
     import faiss
 
     from .kmeans import spherical_kmeans
-    from .vector_file import CHUNK_ROWS, VectorReader
+    from .vector_file import VectorReader
 
     if isinstance(sample, np.ndarray):
         n, dim = sample.shape
-        chunks: Any = lambda: (sample[i:i + CHUNK_ROWS] for i in range(0, n, CHUNK_ROWS))  # noqa: E731
+        chunks: Any = lambda: (sample[i:i + KMEANS_CHUNK_ROWS] for i in range(0, n, KMEANS_CHUNK_ROWS))  # noqa: E731
         take: Any = lambda rows: np.asarray(sample[rows])  # noqa: E731
     else:
         with VectorReader(sample) as reader:
@@ -106,7 +112,7 @@ def train_ivfpq(sample: np.ndarray | Path, nlist: int, seed: int = 1234) -> tupl
 
         def chunks() -> Any:
             with VectorReader(sample) as r:
-                yield from r.chunks()
+                yield from r.chunks(chunk_rows=KMEANS_CHUNK_ROWS)
 
         def take(rows: np.ndarray) -> np.ndarray:
             with VectorReader(sample) as r:
@@ -126,20 +132,45 @@ def train_ivfpq(sample: np.ndarray | Path, nlist: int, seed: int = 1234) -> tupl
 
 
 def build_shard_index(vectors: np.ndarray | Iterable[np.ndarray], trained: Any | None,
-                      dim: int | None = None) -> Any:
+                      dim: int | None = None, rows: int | None = None) -> Any:
     """A shard's index over `vectors` (ids = row numbers): a copy of the trained IVF-PQ, or Flat.
     `vectors` is an array (float16 or float32) or an iterable of row chunks in order (a merge
-    streaming from disk, with `dim`); rows go to faiss as float32 a chunk at a time."""
+    streaming from disk, with `dim`, and `rows` where the caller knows the total); rows go to
+    faiss as float32 a chunk at a time. A Flat index of known size is allocated once and filled
+    in place (faiss's add grows its buffer by doubling: 200 MiB of peak for 100 MiB of rows)."""
     import faiss
 
     chunks: Iterable[np.ndarray] = vectors
     if isinstance(vectors, np.ndarray):
-        dim, array = vectors.shape[1], vectors
+        dim, rows, array = vectors.shape[1], len(vectors), vectors
         chunks = (array[i:i + ADD_CHUNK_ROWS] for i in range(0, len(array), ADD_CHUNK_ROWS))
+    if trained is None and rows is not None:
+        return _filled_flat(chunks, int(dim), rows)  # type: ignore[arg-type]
     index = faiss.clone_index(trained) if trained is not None else new_flat(int(dim))  # type: ignore[arg-type]
     for chunk in chunks:
         for start in range(0, len(chunk), ADD_CHUNK_ROWS):
             index.add(np.ascontiguousarray(chunk[start:start + ADD_CHUNK_ROWS], dtype=np.float32))
+    return index
+
+
+def _filled_flat(chunks: Iterable[np.ndarray], dim: int, rows: int) -> Any:
+    """An IndexFlatIP of `rows` vectors: its float32 buffer sized once, the chunks copied in."""
+    import faiss
+
+    index = new_flat(dim)
+    nbytes = rows * dim * 4
+    index.codes.resize(nbytes)
+    stored = faiss.rev_swig_ptr(index.codes.data(), nbytes).view(np.float32).reshape(rows, dim) if rows else None
+    at = 0
+    for chunk in chunks:
+        if at + len(chunk) > rows:
+            raise ValueError(f"a Flat index of {rows} rows was given more")
+        if len(chunk):
+            stored[at:at + len(chunk)] = chunk  # type: ignore[index]  # cast in place, no float32 copy
+        at += len(chunk)
+    if at != rows:
+        raise ValueError(f"a Flat index of {rows} rows was given {at}")
+    index.ntotal = rows
     return index
 
 
