@@ -166,6 +166,38 @@ def test_a_flat_index_of_known_size_is_filled_in_place_and_is_faiss_s_own(tmp_pa
             build_shard_index(iter(chunks), None, DIM, rows=rows)
 
 
+@pytest.mark.parametrize("layout", ["streamed", "faiss writes it"])
+def test_a_flat_index_file_written_a_chunk_at_a_time_is_the_one_faiss_writes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, layout: str) -> None:
+    """A Flat shard's index.faiss goes to disk as its rows pass (no float32 copy of the shard
+    in memory); where the layout check fails, faiss writes it from one preallocated index.
+    Either way the bytes are faiss's own, the index reads back, and a wrong count is refused."""
+    import faiss
+
+    from llm2search.store import vector_index
+
+    if layout != "streamed":
+        monkeypatch.setattr(vector_index, "_flat_layout_known", lambda: False)
+    x = _unit(np.random.default_rng(6).standard_normal((300, DIM))).astype(np.float16)
+    writer = vector_index.FlatIndexWriter(tmp_path / "index.faiss", 300, DIM)
+    for part in (x[:7], x[7:7], x[7:]):
+        writer.write(part)
+    writer.close()
+    want = faiss.IndexFlatIP(DIM)
+    want.add(x.astype(np.float32))
+    faiss.write_index(want, str(tmp_path / "want.faiss"))
+    assert (tmp_path / "index.faiss").read_bytes() == (tmp_path / "want.faiss").read_bytes()
+    assert read_index(tmp_path / "index.faiss").ntotal == 300
+    short = vector_index.FlatIndexWriter(tmp_path / "short.faiss", 300, DIM)
+    short.write(x[:299])
+    with pytest.raises(ValueError):
+        short.close()
+    long = vector_index.FlatIndexWriter(tmp_path / "long.faiss", 2, DIM)
+    with pytest.raises(ValueError):
+        long.write(x[:3])
+    long.abort()
+
+
 def test_the_indexer_gathers_a_shard_in_blocks(tmp_path: Path, tiny_model: Path,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     from llm2search.indexer import pipeline

@@ -21,7 +21,7 @@ from .atomic import fsync_dir, fsync_file, write_atomic
 from .manifest import SHARD_NAME, SHARDS, ShardInfo
 from .meta_map import META_MAP_FILE, MetaMapWriter, ShardMeta, random_access
 from .vector_file import VectorReader, VectorWriter
-from .vector_index import build_shard_index, read_shard_index, write_shard_index
+from .vector_index import FlatIndexWriter, build_shard_index, read_shard_index, write_shard_index
 
 INDEX_FILE = "index.faiss"
 META_FILE = "meta.parquet"
@@ -179,22 +179,34 @@ def merge_shards(index_dir: Path, name: str, parts: list[tuple[ShardInfo, np.nda
 def _write_vectors_and_index(tmp: Path, chunks: Iterable[np.ndarray], rows: int, dim: int, trained: Any | None) -> None:
     """vectors.npy and index.faiss of a shard in `tmp`, from its rows' chunks in order: each
     chunk is written as float16 and added to the index as it passes (the index is built from
-    the stored float16 values, so re-rank and index agree exactly); one chunk is held at a time."""
+    the stored float16 values, so re-rank and index agree exactly); one chunk is held at a time,
+    and an IVF-PQ index's codes (a Flat index is written as it goes: FlatIndexWriter)."""
     out = VectorWriter(tmp / VECTORS_FILE, rows, dim)
+    flat = FlatIndexWriter(tmp / INDEX_FILE, rows, dim) if trained is None else None
 
     def stored() -> Iterator[np.ndarray]:
         for chunk in chunks:
             chunk16 = np.ascontiguousarray(chunk, dtype=np.float16)
             out.write(chunk16)
+            if flat is not None:
+                flat.write(chunk16)
             yield chunk16
 
     try:
-        index = build_shard_index(stored(), trained, dim, rows)
+        if flat is not None:
+            for _ in stored():
+                pass
+            flat.close()
+        else:
+            index = build_shard_index(stored(), trained, dim, rows)
     except BaseException:
         out.abort()
+        if flat is not None:
+            flat.abort()
         raise
     out.close()
-    write_shard_index(index, tmp / INDEX_FILE)
+    if flat is None:
+        write_shard_index(index, tmp / INDEX_FILE)
 
 
 def _meta_batches(index_dir: Path, shard: ShardInfo, keep: np.ndarray | None = None) -> Iterator[pa.Table]:
