@@ -85,7 +85,17 @@ def test_scale_bench_quick(tmp_path: Path) -> None:
         assert 0.0 < r["ours"]["recall"] <= 1.0 and r["ours"]["factory"].startswith("IVF")
         assert r["retrain"]["embedded"] == 0 and r["retrain"]["training"]["nlist"] > 0
         assert r["flat_qps"] > 0 and r["ours"]["batch_qps"] > 0 and r["server"]["after_queries"]
-        # single searches measured both ways in one process: the quick sizes have too few lists for a graph
-        assert r["ours"]["coarse_graph"] is False and r["ours"]["exact_coarse_p50_ms"] > 0
+        # single searches measured both ways in one process: the quick sizes have too few lists
+        # for the coarse projection
+        assert r["ours"]["coarse_projection"] is False and r["ours"]["exact_coarse_p50_ms"] > 0
         assert 0.0 < r["ours"]["single_recall"] <= 1.0 and 0.0 < r["ours"]["exact_coarse_single_recall"] <= 1.0
     assert "fitted exponent" in stdout and "exact scan p50" in stdout
+    # bench/coarse.py on the same IVF-PQ store: every way of finding the lists, one table
+    store = tmp_path / "work" / "vectors" / f"store-{vectors['rows'][-1]['n']}"
+    done = subprocess.run([sys.executable, "bench/coarse.py", str(store), "--count", "20", "--nprobe", "8"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    table = [line for line in done.stdout.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    assert len(table) == 1 + 9 + 3 and table[0].startswith("| exact scan") and table[0].endswith("| 1.0000 | 1.0× |")
+    for line in table:
+        assert 0.0 < float(line.split("|")[5]) <= 1.0

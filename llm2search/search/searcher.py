@@ -523,15 +523,15 @@ class SearchIndex:
     def coarse(self, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
         """(distances, lists) of the queries' nprobe nearest coarse centroids, or None for Flat.
         Every IVF-PQ shard is a copy of one trained index, so the coarse quantizer is searched
-        once per query instead of once per shard (bench/search.py measured the saving), exactly
-        unless the coarse config enables the graph (search/coarse.py)."""
+        once per query instead of once per shard (bench/search.py measured the saving); single
+        searches over many lists take a low-rank preselection first (search/coarse.py)."""
         if self._coarse is None or any(s.ivf is None for s in self.shards):
             return None
         return self._coarse.search(queries)
 
-    def warm_coarse_graph(self, timeout: float | None = None) -> bool:
-        """Build the coarse graph now, if the coarse config has single searches use one at this
-        many lists, and wait for it: True when searches take it (False: no graph, or Flat)."""
+    def warm_coarse(self, timeout: float | None = None) -> bool:
+        """Build the low-rank copy of the centroids now, if single searches use one at this many
+        lists (search/coarse.py), and wait for it: True when they take it (False: none, or Flat)."""
         self._check_open()
         return self._coarse is not None and self._coarse.wait(timeout)
 
@@ -662,7 +662,7 @@ def open_index(index_dir: str | Path, model: str | None = None, device: str | No
                coarse: CoarseConfig = CoarseConfig()) -> SearchIndex:
     """Open the committed index at `index_dir` for searching (memory-mapped; instant). The
     version opened stays readable until the index is closed (`with open_index(...) as index`).
-    `coarse` can enable the coarse graph for single searches (off by default: search/coarse.py)."""
+    `coarse` says how single searches find their lists (search/coarse.py)."""
     return SearchIndex(index_dir, model=model, device=device, coarse=coarse)
 
 

@@ -103,6 +103,10 @@ class RoutedIndex:
     def closed(self) -> bool:
         return self._view.closed
 
+    def warm_coarse(self, timeout: float | None = None) -> bool:
+        """The router runs the coarse search: its view builds the low-rank copy (search/coarse.py)."""
+        return self._view.warm_coarse(timeout)
+
     def search_vector(self, vector: np.ndarray, k: int = 10, filter: SearchFilter | None = None) -> list[Hit]:
         return self.search_vectors(np.asarray(vector).reshape(1, -1), k, filter)[0]
 

@@ -31,6 +31,7 @@ from .thumbnails import thumbnail_jpeg, viewable
 THUMBNAIL_CACHE = 1024  # thumbnails kept in memory (about 10 kB each at 256 px)
 MAX_TEXT_BATCH = 64  # texts per model call when requests queue up
 MAX_IMAGE_BATCH = 16  # images per model call
+WARM_COARSE_S = 60.0  # at most this long for the low-rank copy of the centroids at start (~1 s at 8,192 lists)
 
 
 @dataclass
@@ -134,10 +135,12 @@ class SearchService:
             old.index.close()
 
     def warm(self) -> None:
-        """Load both towers and run each once, so the first request pays no load time."""
+        """Load both towers and run each once, and build the coarse search's low-rank copy of
+        the centroids (search/coarse.py), so the first requests pay no load time."""
         self.embed_texts(["warm up"])
         size = self.index.embedder.spec.preprocess.image_size
         self._embed_pixels(np.zeros((1, size, size, 3), dtype=np.uint8))
+        self.index.warm_coarse(WARM_COARSE_S)
 
     # -- embeddings ----------------------------------------------------------------------
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
