@@ -55,7 +55,7 @@ COMMIT_ROWS = 100_000  # IndexingConfig().shard_size: the rows per shard the ind
 GT_CHUNK_ROWS = 131_072
 SERVER_BATCH = 100  # vectors per POST /api/search/vectors (JSON: ~2.5 MB)
 SERVER_SINGLES = 100  # then one vector per request
-SERVER_GRAPH_WAIT_S = 20  # after the first single request: the coarse graph builds in ~2-5 s at 8,192 lists
+SERVER_WARM_WAIT_S = 10  # after the first single request: the coarse projection builds in ~1 s at 8,192 lists
 
 
 def log(msg: str) -> None:
@@ -378,14 +378,20 @@ def synthetic_meta(start: int, rows: int) -> Any:
                      for f in META_SCHEMA}, schema=META_SCHEMA)
 
 
-def build_store(store: Path, n: int, nq: int, model: Path, gen: StreamGenerator) -> dict[str, Any]:
+def build_store(store: Path, n: int, nq: int, model: Path, gen: StreamGenerator,
+                train_first: bool = False) -> dict[str, Any]:
     """Commit `n` generated vectors as the indexer does, with the first shard trained on (an index
-    that grew); cached in `store` under the generator's fingerprint. Queries go beside it."""
+    that grew, retrained later: `retrain`); cached in `store` under the generator's fingerprint.
+    Queries go beside it. `train_first`: the first shards are trained on with the nlist --retrain
+    gives at `n` (the same sample size, TRAIN_POINTS_PER_LIST x nlist, of the same stream), the
+    rest committed in two blocks, so the store has the layout a retrain leaves (3 shards) without
+    paying for a retrain; its time and peak are measured by a run without it."""
     from llm2search.models.presets import resolve_model
     from llm2search.store.shard import ShardData
+    from llm2search.store.vector_index import TRAIN_POINTS_PER_LIST, IndexConfig, choose_nlist
     from llm2search.store.writer import IndexWriter
 
-    fp = gen.fingerprint(n, nq)
+    fp = gen.fingerprint(n, nq) + ("-train-first" if train_first else "")
     stamp = store.parent / f"{store.name}.json"
     if stamp.exists() and json.loads(stamp.read_text()).get("fingerprint") == fp and (store / "manifest.json").exists():
         log(f"vectors: cached store of {n:,}")
@@ -394,19 +400,30 @@ def build_store(store: Path, n: int, nq: int, model: Path, gen: StreamGenerator)
     spec = resolve_model(model)
     started, load_before = time.perf_counter(), load()
     queries, pending, at = [], [], 0
-    with IndexWriter(store, spec.identity(), spec.dim) as writer:
+    nlist = choose_nlist(n)
+    first = COMMIT_ROWS * -(-nlist * TRAIN_POINTS_PER_LIST // COMMIT_ROWS) if train_first else COMMIT_ROWS
+    config = IndexConfig(nlist=nlist) if train_first else IndexConfig()
+    with IndexWriter(store, spec.identity(), spec.dim, config) as writer:
         for x, q in gen.stream(n, nq):
             queries.append(q)
-            pending.append(x)
-            while sum(len(p) for p in pending) >= COMMIT_ROWS or (at + sum(len(p) for p in pending) == n and pending):
-                block = np.concatenate(pending)
-                rows, rest = block[:COMMIT_ROWS], block[COMMIT_ROWS:]
-                writer.commit(ShardData(rows, synthetic_meta(at, len(rows))))
-                at += len(rows)
-                pending = [rest] if len(rest) else []
-                if writer.manifest.index_type == "flat" and at >= COMMIT_ROWS:
+            big = train_first and at >= first  # after training: two big blocks
+            pending.append(x.astype(np.float16) if big else x)
+            held = sum(len(p) for p in pending)
+            step = -(-(n - first) // 2) if big else COMMIT_ROWS
+            if held >= step or at + held == n:
+                if big:  # its float16 chunks as they came, never one float32 copy
+                    chunks, rest = pending, pending[0][:0]
+                else:
+                    block = np.concatenate(pending)
+                    chunks, rest = [block[:step]], block[step:]
+                count = sum(len(c) for c in chunks)
+                writer.commit(ShardData(chunks, synthetic_meta(at, count)))
+                at += count
+                pending = [rest.astype(np.float16) if train_first else rest] if len(rest) else []
+                if writer.manifest.index_type == "flat" and at >= first:
                     writer.maybe_train(force=True)  # later commits are IVF-PQ shards
-                if at % 1_000_000 == 0:
+                    log(f"vectors: trained at {at:,} rows: {writer.manifest.factory}")
+                if at % 1_000_000 == 0 or big:
                     log(f"vectors: committed {at:,} of {n:,}")
         factory = writer.manifest.factory
     xq = np.concatenate(queries)[:nq]
@@ -492,16 +509,16 @@ def singles(searcher):
         found.append(ids(hits))
     return times, found
 # The baseline in the same process and on the same warm pages: the centroids scanned exactly.
-with SearchIndex(store, embedder=object(), use_gpu=False, coarse=CoarseConfig(graph_min_lists=0)) as exact:
+with SearchIndex(store, embedder=object(), use_gpu=False, coarse=CoarseConfig(project_min_lists=0)) as exact:
     exact_times, exact_ids = singles(exact)
 t = time.perf_counter()
-graph = index.warm_coarse_graph()
-graph_s = time.perf_counter() - t
+projected = index.warm_coarse()
+projection_s = time.perf_counter() - t
 times, single_ids = singles(index)
 after_queries = smaps(os.getpid())
 print(json.dumps({"open_s": opened - started, "import_and_open_s": opened - started, "batch_qps": best,
                   "p50_ms": float(np.percentile(times, 50)), "p99_ms": float(np.percentile(times, 99)),
-                  "coarse_graph": graph, "coarse_graph_build_s": graph_s if graph else None,
+                  "coarse_projection": projected, "coarse_projection_build_s": projection_s if projected else None,
                   "exact_coarse_p50_ms": float(np.percentile(exact_times, 50)),
                   "exact_coarse_p99_ms": float(np.percentile(exact_times, 99)),
                   "ids": got, "single_ids": single_ids, "exact_coarse_single_ids": exact_ids,
@@ -598,11 +615,11 @@ def server_rss(store: Path, xq: np.ndarray) -> dict[str, Any]:
                 r = client.post(f"{url}/api/search/vectors", json={"vectors": xq[s:s + SERVER_BATCH].tolist(), "k": K})
                 r.raise_for_status()
             took = time.perf_counter() - started
-            # Single searches too, so the server holds what they use (the coarse graph at many
+            # Single searches too, so the server holds what they use (the coarse projection at many
             # lists, built on the first one: search/coarse.py); then their own latency.
             client.post(f"{url}/api/search/vectors", json={"vectors": xq[:1].tolist(), "k": K}).raise_for_status()
-            if _graph_lists(store):
-                time.sleep(SERVER_GRAPH_WAIT_S)
+            if _projects(store):
+                time.sleep(SERVER_WARM_WAIT_S)
             single_ms = []
             for q in xq[:SERVER_SINGLES]:
                 t = time.perf_counter()
@@ -619,13 +636,14 @@ def server_rss(store: Path, xq: np.ndarray) -> dict[str, Any]:
             "http_single_p50_ms": float(np.percentile(single_ms, 50))}
 
 
-def _graph_lists(store: Path) -> bool:
-    """Whether single searches of `store` go through the coarse graph (enough lists)."""
+def _projects(store: Path) -> bool:
+    """Whether single searches of `store` take the coarse projection (IVF with enough lists)."""
     from llm2search.search.coarse import CoarseConfig
     from llm2search.store.manifest import read_manifest
     from llm2search.store.vector_index import factory_nlist
 
-    return factory_nlist(read_manifest(store).factory) >= CoarseConfig().graph_min_lists
+    min_lists = CoarseConfig().project_min_lists
+    return 0 < min_lists <= factory_nlist(read_manifest(store).factory)
 
 
 def _recall(ids: list[list[int]], gt: np.ndarray) -> float:
@@ -650,9 +668,9 @@ def bench_vectors(args: argparse.Namespace) -> dict[str, Any]:
         free = _sh.disk_usage(work).free
         if free < need and not (store / "manifest.json").exists():
             raise SystemExit(f"{n:,} vectors need about {need / 2**30:.0f} GiB free under {work}; {free / 2**30:.0f} GiB is")
-        built = build_store(store, n, args.queries, model, gen)
+        built = build_store(store, n, args.queries, model, gen, train_first=args.train_first)
         log(f"vectors: {n:,}: built ({built['factory_before_retrain']}) in {built['build_s']:.0f} s; retraining, load {load()}")
-        if args.keep_training and _retrained(store, n):
+        if (args.keep_training or args.train_first) and _retrained(store, n):
             trained = None
             log(f"vectors: {n:,}: kept the store's training ({built['factory_before_retrain']} retrained earlier)")
         else:
@@ -716,14 +734,14 @@ def print_vectors(result: dict[str, Any]) -> None:
               f"{r['flat_qps']:.1f} | {o['batch_qps'] / r['flat_qps']:.0f}× | {o['p50_ms']:.2f} / {o['p99_ms']:.2f} | "
               f"{held:.0f} | {pv.get('vectors.npy (re-rank reads)', 0):.0f} | {min(opens):.2f} | "
               f"{min(r['info_wall_s']):.2f} | {load_avg} |")
-    print("\nsingle searches: the coarse search through the graph (search/coarse.py) vs the centroids scanned "
+    print("\nsingle searches: the coarse search through the low-rank projection (search/coarse.py) vs the centroids scanned "
           "exactly, same process, same queries:")
-    print("| vectors | lists | graph p50 / p99 ms | exact scan p50 / p99 ms | p50 ratio | recall@10 graph / exact | "
-          "graph build s | server, one vector per request: HTTP p50 ms |")
+    print("| vectors | lists | projection p50 / p99 ms | exact scan p50 / p99 ms | p50 ratio | "
+          "recall@10 projection / exact | projection build s | server, one vector per request: HTTP p50 ms |")
     print("|---:|---:|---|---|---:|---|---:|---:|")
     for r in result["rows"]:
         o = r["ours"]
-        build = f"{o['coarse_graph_build_s']:.1f}" if o.get("coarse_graph") else "no graph (few lists)"
+        build = f"{o['coarse_projection_build_s']:.1f}" if o.get("coarse_projection") else "none (few lists)"
         print(f"| {r['n']:,} | {o['factory'].split(',')[0][3:]} | {o['p50_ms']:.2f} / {o['p99_ms']:.2f} | "
               f"{o['exact_coarse_p50_ms']:.2f} / {o['exact_coarse_p99_ms']:.2f} | "
               f"{o['exact_coarse_p50_ms'] / o['p50_ms']:.2f}× | {o['single_recall']:.3f} / "
@@ -771,6 +789,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--clean", action="store_true", help="delete each size's index after measuring it")
     p.add_argument("--keep-training", action="store_true",
                    help="vectors: a cached store an earlier run retrained is searched as it is (no retrain measured)")
+    p.add_argument("--train-first", action="store_true",
+                   help="vectors: build each store trained from the start at the nlist --retrain gives "
+                        "(faster; no retrain measured)")
     p.add_argument("--work", type=Path, default=BENCH_DIR / ".work" / "scale")
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
