@@ -669,10 +669,11 @@ def bench_vectors(args: argparse.Namespace) -> dict[str, Any]:
         if free < need and not (store / "manifest.json").exists():
             raise SystemExit(f"{n:,} vectors need about {need / 2**30:.0f} GiB free under {work}; {free / 2**30:.0f} GiB is")
         built = build_store(store, n, args.queries, model, gen, train_first=args.train_first)
-        log(f"vectors: {n:,}: built ({built['factory_before_retrain']}) in {built['build_s']:.0f} s; retraining, load {load()}")
+        log(f"vectors: {n:,}: built ({built['factory_before_retrain']}) in {built['build_s']:.0f} s, load {load()}")
         if (args.keep_training or args.train_first) and _retrained(store, n):
             trained = None
-            log(f"vectors: {n:,}: kept the store's training ({built['factory_before_retrain']} retrained earlier)")
+            how = "trained from its first rows" if args.train_first else "retrained earlier"
+            log(f"vectors: {n:,}: kept the store's training ({built['factory_before_retrain']}, {how})")
         else:
             trained = retrain(store, model, work)
             log(f"vectors: {n:,}: retrain {trained['wall_s']:.0f} s, peak RSS {trained['peak_rss_mib']:.0f} MiB")
