@@ -27,6 +27,7 @@ from .changes import ChangePlan, plan_changes, scan_table, under
 from .decode import DEFAULT_MAX_FILE_BYTES, DecodeOptions, decode_stream, default_workers
 from .exclude import ExcludeConfig, ExcludeRules
 from .failures import FailureList
+from .memory import release_freed_memory
 from .rows import meta_row
 from .gpu_decode import decoder_for, gpu_jpeg_stream, gpu_possible
 from .scan import IMAGE_EXTENSIONS, file_kind, scan, scan_path
@@ -156,6 +157,7 @@ def _index(folder: str | Path, index_dir: str | Path, config: IndexingConfig, em
         run = _Run(writer, spec, config, report, str(folder), embedder, roots)
         run.execute()
         writer.record_roots([str(folder)] + sorted(run.linked))
+        release_freed_memory()  # the plan's Arrow pages, before training and compaction allocate
         if train:
             writer.maybe_train(force=config.retrain)
         if compact:
