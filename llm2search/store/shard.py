@@ -180,33 +180,38 @@ def _write_vectors_and_index(tmp: Path, chunks: Iterable[np.ndarray], rows: int,
     """vectors.npy and index.faiss of a shard in `tmp`, from its rows' chunks in order: each
     chunk is written as float16 and added to the index as it passes (the index is built from
     the stored float16 values, so re-rank and index agree exactly); one chunk is held at a time,
-    and an IVF-PQ index's codes (a Flat index is written as it goes: FlatIndexWriter)."""
+    and an IVF-PQ index's codes (see _write_index)."""
     out = VectorWriter(tmp / VECTORS_FILE, rows, dim)
-    flat = FlatIndexWriter(tmp / INDEX_FILE, rows, dim) if trained is None else None
 
     def stored() -> Iterator[np.ndarray]:
         for chunk in chunks:
             chunk16 = np.ascontiguousarray(chunk, dtype=np.float16)
             out.write(chunk16)
-            if flat is not None:
-                flat.write(chunk16)
             yield chunk16
 
     try:
-        if flat is not None:
-            for _ in stored():
-                pass
-            flat.close()
-        else:
-            index = build_shard_index(stored(), trained, dim, rows)
+        _write_index(tmp / INDEX_FILE, stored(), rows, dim, trained)
     except BaseException:
         out.abort()
-        if flat is not None:
-            flat.abort()
         raise
     out.close()
-    if flat is None:
-        write_shard_index(index, tmp / INDEX_FILE)
+
+
+def _write_index(path: Path, chunks: Iterable[np.ndarray], rows: int, dim: int, trained: Any | None) -> None:
+    """A shard's index.faiss from its rows' chunks in order: a Flat index is written as they
+    pass (FlatIndexWriter: never the shard's float32 copy in memory); an IVF-PQ copy of
+    `trained` holds its codes until it is written without the shared centroids."""
+    if trained is not None:
+        write_shard_index(build_shard_index(chunks, trained, dim, rows), path)
+        return
+    flat = FlatIndexWriter(path, rows, dim)
+    try:
+        for chunk in chunks:
+            flat.write(chunk)
+        flat.close()
+    except BaseException:
+        flat.abort()
+        raise
 
 
 def _meta_batches(index_dir: Path, shard: ShardInfo, keep: np.ndarray | None = None) -> Iterator[pa.Table]:
@@ -235,7 +240,7 @@ def reindex_shard(index_dir: Path, old: ShardInfo, new_name: str, trained: Any |
     for f in (META_FILE, VECTORS_FILE):
         _link_or_copy(src / f, tmp / f)
     with VectorReader(src / VECTORS_FILE) as reader:
-        write_shard_index(build_shard_index(reader.chunks(), trained, reader.dim, reader.rows), tmp / INDEX_FILE)
+        _write_index(tmp / INDEX_FILE, reader.chunks(), reader.rows, reader.dim, trained)
     with MetaMapWriter(tmp / META_MAP_FILE, META_SCHEMA) as mapped:
         for table in _meta_batches(index_dir, old):
             mapped.write(table)
