@@ -8,8 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pytest
 
+from llm2search.indexer import plan_files
 from llm2search.indexer.changes import plan_changes, scan_table
+from llm2search.indexer.plan_files import PlanFiles
 from llm2search.indexer.scan import FileEntry, ScanProblem
 from llm2search.indexer.state import IndexState
 from llm2search.store.manifest import read_manifest
@@ -41,7 +44,7 @@ def _store(index: Path) -> None:
                  deletions={first: np.array([1])})
 
 
-def test_plan_against_exact_answer(tmp_path: Path) -> None:
+def test_plan_against_exact_answer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     index = tmp_path / "index"
     _store(index)
     manifest = read_manifest(index)
@@ -77,6 +80,13 @@ def test_plan_against_exact_answer(tmp_path: Path) -> None:
     files = list(plan.files())
     assert files[0].replaces == (s2, 0) and files[1].replaces is None
     assert files[-1].path == odd  # the decoder opens the exact name
+    for spill in (10**9, 1):  # the same files, kept in memory or read back from a scratch file
+        monkeypatch.setattr(plan_files, "SPILL_ROWS", spill)
+        monkeypatch.setattr(plan_files, "BATCH_ROWS", 3)  # several batches
+        with PlanFiles(plan.embed, tmp_path) as kept:
+            assert kept.spilled == (spill == 1) and kept.rows == 4
+            assert list(kept) == files and list(kept) == files  # read again from the start
+        assert os.listdir(tmp_path) == ["index"]  # the scratch file has no name
     # /p/d.jpg is gone; /p/sub/c.jpg has a problem (kept); /other is not under the root
     assert {k: v.tolist() for k, v in plan.deleted.items()} == {s2: [1]}
     assert plan.stale_errors.to_pylist() == ["/p/gone.jpg"]

@@ -63,6 +63,7 @@ def assert_complete(index: Path, folder: Path) -> None:
     assert sorted(paths) == files  # exactly one live entry per file
     leftovers = [p for p in (index / "shards").iterdir() if p.name not in {s.name for s in read_manifest(index).shards}]
     assert leftovers == []
+    assert [p.name for p in index.glob(".*tmp*")] == []  # no scratch file (plan, spool) outlives its run
 
 
 @pytest.mark.parametrize("point", ["after_shard:2", "before_manifest:3", "after_tombstones:2"])

@@ -6,7 +6,9 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pytest
 
+from llm2search.indexer import plan_files
 from llm2search.indexer.pipeline import IndexingConfig, index_folder
 from llm2search.models.embedder import Embedder
 from llm2search.models.presets import resolve_model
@@ -32,7 +34,13 @@ def all_live(index: Path) -> dict[str, np.ndarray]:
     return live
 
 
-def test_add_modify_delete_rename_duplicate(tiny_model: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("plan", ["in memory", "on disk"])
+def test_add_modify_delete_rename_duplicate(tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                            plan: str) -> None:
+    """Same answers whether the run's list of files to embed stays in memory or is spilled."""
+    if plan == "on disk":
+        monkeypatch.setattr(plan_files, "SPILL_ROWS", 1)
+    CountingEmbedder.embedded = 0
     folder, index = tmp_path / "photos", tmp_path / "index"
     files = make_photos(folder, 12)
     embedder = CountingEmbedder(resolve_model(tiny_model), "cpu")

@@ -3,6 +3,7 @@ the streamed results are checked against exact in-memory answers, across chunk b
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ import pytest
 from llm2search.store import kmeans, shard as shard_module, vector_file
 from llm2search.store.manifest import read_manifest
 from llm2search.store.shard import META_SCHEMA, ShardData, open_shard_index, open_shard_vectors, read_shard_meta
-from llm2search.store.vector_file import VectorReader, VectorWriter
+from llm2search.store.vector_file import VectorReader, VectorSpool, VectorWriter
 from llm2search.store.vector_index import IndexConfig, coarse_quantizer, read_index, train_ivfpq
 from llm2search.store.writer import IndexWriter
 
@@ -56,6 +57,20 @@ def test_vector_file_reads_and_writes_in_chunks(tmp_path: Path, monkeypatch: pyt
     path.write_bytes(path.read_bytes()[:-DIM])  # truncated: the last row is short
     with VectorReader(path) as r, pytest.raises(ValueError, match="truncated"):
         r.read(40, 50)
+
+
+def test_vector_spool_reads_back_what_was_appended(tmp_path: Path) -> None:
+    x = np.random.default_rng(2).standard_normal((23, DIM)).astype(np.float32)
+    with VectorSpool(tmp_path, DIM) as spool:
+        for start, stop in ((0, 5), (5, 5), (5, 17), (17, 23)):  # an empty append adds nothing
+            spool.append(x[start:stop])
+        assert spool.rows == 23 and os.listdir(tmp_path) == []  # no name on disk
+        parts = list(spool.chunks(chunk_rows=4))
+        assert [len(p) for p in parts] == [4] * 5 + [3]
+        np.testing.assert_array_equal(np.concatenate(parts), x.astype(np.float16))  # stored as float16
+        assert list(spool.chunks()) and len(np.concatenate(list(spool.chunks()))) == 23  # read again
+        with pytest.raises(ValueError, match="width"):
+            spool.append(x[:, :3])
 
 
 @pytest.mark.parametrize("how", ["compact", "retrain"])

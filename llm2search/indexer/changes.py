@@ -74,11 +74,16 @@ class ChangePlan:
 
     def files(self, batch_rows: int = 8192) -> Iterator[PlannedFile]:
         """The files to embed as decoder inputs, materialised a batch at a time."""
-        for batch in self.embed.to_batches(max_chunksize=batch_rows):
-            cols = [batch.column(c).to_pylist() for c in EMBED_SCHEMA.names]
-            for path, raw, size, mtime, old_shard, old_row in zip(*cols):
-                yield PlannedFile(from_stored(path, raw), size, mtime,
-                                  (old_shard, old_row) if old_shard is not None else None)
+        return planned_files(self.embed.to_batches(max_chunksize=batch_rows))
+
+
+def planned_files(batches: Iterable[pa.RecordBatch]) -> Iterator[PlannedFile]:
+    """Decoder inputs from EMBED_SCHEMA batches, one batch's Python objects at a time."""
+    for batch in batches:
+        cols = [batch.column(c).to_pylist() for c in EMBED_SCHEMA.names]
+        for path, raw, size, mtime, old_shard, old_row in zip(*cols):
+            yield PlannedFile(from_stored(path, raw), size, mtime,
+                              (old_shard, old_row) if old_shard is not None else None)
 
 
 def scan_table(items: Iterable[FileEntry | ScanProblem], batch_rows: int = SCAN_BATCH_ROWS) -> ScanResult:

@@ -20,14 +20,17 @@ from ..models.preprocess import DEFAULT_MAX_PIXELS
 from ..models.presets import resolve_model, spec_for_index
 from ..models.spec import ModelSpec
 from ..store.manifest import index_exists, read_manifest
+from ..store.memory import map_large_blocks, release_freed_memory
+from ..store.columns import empty_table
 from ..store.shard import META_SCHEMA, ShardData, open_shard_vectors
+from ..store.vector_file import VectorSpool
 from ..store.vector_index import IndexConfig
 from ..store.writer import ERRORS_SCHEMA, IndexWriter, read_errors
-from .changes import ChangePlan, plan_changes, scan_table, under
+from .changes import EMBED_SCHEMA, ChangePlan, plan_changes, scan_table, under
 from .decode import DEFAULT_MAX_FILE_BYTES, DecodeOptions, decode_stream, default_workers
 from .exclude import ExcludeConfig, ExcludeRules
 from .failures import FailureList
-from .memory import release_freed_memory
+from .plan_files import PlanFiles
 from .rows import meta_row
 from .gpu_decode import decoder_for, gpu_jpeg_stream, gpu_possible
 from .scan import IMAGE_EXTENSIONS, file_kind, scan, scan_path
@@ -153,9 +156,13 @@ def _index(folder: str | Path, index_dir: str | Path, config: IndexingConfig, em
     spec = embedder.spec if embedder is not None else choose_model(index_dir, config.model)
     started = time.monotonic()
     report = IndexReport(str(folder), str(index_dir))
+    map_large_blocks()  # freed chunks of merges and training go back to the OS (store/memory.py)
     with IndexWriter(index_dir, spec.identity(), spec.dim, config.index) as writer:
         run = _Run(writer, spec, config, report, str(folder), embedder, roots)
-        run.execute()
+        try:
+            run.execute()
+        finally:
+            run.gathering.close()  # uncommitted rows of a failed run: its scratch file goes
         writer.record_roots([str(folder)] + sorted(run.linked))
         release_freed_memory()  # the plan's Arrow pages, before training and compaction allocate
         if train:
@@ -249,7 +256,7 @@ class _Run:
         self.targets = targets  # None: the whole root; else only these paths are rescanned
         self._embedder = embedder
         self.failures = FailureList(read_errors(writer.dir, writer.manifest))
-        self.gathering = _Gathering()
+        self.gathering = _Gathering(writer.dir, spec.dim)
         self.pending_pixels: list[np.ndarray] = []
         self.pending_rows: list[dict[str, Any]] = []
         self.deletions: dict[str, list[np.ndarray]] = {}
@@ -288,14 +295,22 @@ class _Run:
         self._commit(final=True)
 
     def _execute(self, plan: ChangePlan) -> None:
+        files = PlanFiles(plan.embed, self.writer.dir)  # spilled to disk when long
+        if files.spilled:  # the plan keeps no copy of the list, and its pages go back to the OS
+            plan = replace(plan, embed=empty_table(EMBED_SCHEMA))
+            release_freed_memory()
+        with files:
+            self._run_plan(plan, files)
+
+    def _run_plan(self, plan: ChangePlan, files: PlanFiles) -> None:
         self.plan = plan
         self.report.scanned += plan.scanned
         self.report.unchanged += plan.unchanged
         self.report.known_bad += plan.known_bad
         for path, reason in zip(*(plan.problems.column(c).to_pylist() for c in ("path", "reason"))):
             self.failures.record(path, 0, 0, reason)
-        if plan.embed.num_rows:
-            self._decode_and_embed(plan)
+        if files.rows:
+            self._decode_and_embed(files)
         for shard, rows in plan.deleted.items():
             self.deletions.setdefault(shard, []).append(rows)
         self.report.deleted += plan.deleted_count
@@ -303,14 +318,14 @@ class _Run:
         self.plan = None  # its tables (the files it embedded, the index's live rows) are not needed
         # by the commits, training and compaction that follow
 
-    def _decode_and_embed(self, plan: ChangePlan) -> None:
+    def _decode_and_embed(self, files: PlanFiles) -> None:
         options = DecodeOptions(self.spec.preprocess, self.config.max_pixels,
                                 max_file_bytes=self.config.max_file_bytes, log_path=str(decode_log_path()))
         workers = default_workers() if self.config.workers is None else self.config.workers
-        if plan.embed.num_rows < SMALL_RUN:
+        if files.rows < SMALL_RUN:
             workers = 0  # starting worker processes costs more than decoding a few files
         self._workers = workers
-        progress = _progress(plan.embed.num_rows, self.config.progress)
+        progress = _progress(files.rows, self.config.progress)
         # Only a run that may use a GPU asks for the model's device and batch here (which loads
         # torch); a rerun that only re-hashes renamed files must not.
         maybe_gpu = self._embedder is not None or gpu_possible(self.config.device)
@@ -318,7 +333,7 @@ class _Run:
         if decoder is not None:
             options = replace(options, gpu_jpeg=True)
         # Read ahead at least one model batch (up to 512 on a GPU), so the GPU never waits for refills.
-        items = decode_stream(plan.files(), options, workers, min_in_flight=self.batch_size if maybe_gpu else 0)
+        items = decode_stream(iter(files), options, workers, min_in_flight=self.batch_size if maybe_gpu else 0)
         if decoder is not None:
             items = gpu_jpeg_stream(items, options, decoder)
         for item in items:
@@ -390,48 +405,62 @@ class _Run:
 
     def _commit(self, final: bool = False) -> None:
         self._encode_pending()
-        shard = None
-        if self.gathering.rows:
-            shard = self.gathering.shard()
-        if shard is None and not self.deletions and not self.failures.dirty:
-            return
-        errors = self.failures.table() if self.failures.dirty else None
-        deletions = {k: np.concatenate(v).astype(np.int64) for k, v in self.deletions.items()}
-        self.writer.commit(shard, deletions, errors)
-        if errors is not None:
-            self.failures.committed()
-        self.gathering, self.deletions = _Gathering(), {}
-        self.last_commit = time.monotonic()
+        gathering = self.gathering
+        try:
+            shard = gathering.shard() if gathering.rows else None
+            if shard is None and not self.deletions and not self.failures.dirty:
+                return
+            errors = self.failures.table() if self.failures.dirty else None
+            deletions = {k: np.concatenate(v).astype(np.int64) for k, v in self.deletions.items()}
+            self.writer.commit(shard, deletions, errors)
+            if errors is not None:
+                self.failures.committed()
+            self.gathering, self.deletions = _Gathering(self.writer.dir, self.spec.dim), {}
+            self.last_commit = time.monotonic()
+        finally:
+            if self.gathering is not gathering:  # committed: its rows are in a shard now
+                gathering.close()
+        release_freed_memory()  # the shard's metadata and write buffers, before the next one
 
 
 class _Gathering:
-    """The next shard's rows, held compactly until the commit: float16 vectors and Arrow
-    metadata in blocks of GATHER_BLOCK_ROWS (a dict per row had cost ~1.5 KB), written to the
-    shard block by block, never concatenated into one array."""
+    """The next shard's rows until the commit: the vectors appended to a float16 scratch file
+    in the index directory (VectorSpool: up to a shard of them, 256 MB at 100k x 1280, would
+    otherwise sit in RAM), the metadata as Arrow tables of GATHER_BLOCK_ROWS rows (a dict per
+    row had cost ~1.5 KB). The shard is written from the file a chunk at a time."""
 
-    def __init__(self) -> None:
+    def __init__(self, directory: Path, dim: int) -> None:
         self.rows = 0
-        self._vectors: list[np.ndarray] = []  # whole blocks
+        self._directory, self._dim = directory, dim
+        self._spool: VectorSpool | None = None  # opened by the first row
         self._meta: list[pa.Table] = []
-        self._open_vectors: list[np.ndarray] = []  # the block being filled
-        self._open_rows: list[dict[str, Any]] = []
+        self._open_rows: list[dict[str, Any]] = []  # the metadata block being filled
 
     def add(self, vectors: np.ndarray, rows: list[dict[str, Any]]) -> None:
-        self._open_vectors.append(vectors.astype(np.float16))  # what the shard stores
+        if self._spool is None:
+            self._spool = VectorSpool(self._directory, self._dim)
+        self._spool.append(vectors)  # as float16, what the shard stores
         self._open_rows.extend(rows)
         self.rows += len(rows)
         if len(self._open_rows) >= GATHER_BLOCK_ROWS:
             self._close_block()
 
     def shard(self) -> ShardData:
+        """The gathered rows; valid until close()."""
         self._close_block()
-        return ShardData(self._vectors, pa.concat_tables(self._meta).combine_chunks())
+        assert self._spool is not None, "shard() of an empty gathering"
+        return ShardData(self._spool, pa.concat_tables(self._meta).combine_chunks())
+
+    def close(self) -> None:
+        """Drop the scratch file (its pages go with it)."""
+        if self._spool is not None:
+            self._spool.close()
+            self._spool = None
 
     def _close_block(self) -> None:
         if self._open_rows:
-            self._vectors.append(np.concatenate(self._open_vectors))
             self._meta.append(pa.Table.from_pylist(self._open_rows, schema=META_SCHEMA))
-            self._open_vectors, self._open_rows = [], []
+            self._open_rows = []
 
 
 def _shard_info(writer: IndexWriter, name: str) -> Any:

@@ -20,7 +20,7 @@ from .columns import array as column_array
 from .atomic import fsync_dir, fsync_file, write_atomic
 from .manifest import SHARD_NAME, SHARDS, ShardInfo
 from .meta_map import META_MAP_FILE, MetaMapWriter, ShardMeta, random_access
-from .vector_file import VectorReader, VectorWriter
+from .vector_file import VectorReader, VectorSpool, VectorWriter
 from .vector_index import FlatIndexWriter, build_shard_index, read_shard_index, write_shard_index
 
 INDEX_FILE = "index.faiss"
@@ -68,13 +68,16 @@ def storable_ns(ns: int) -> int:
 @dataclass
 class ShardData:
     """What a shard is made of before it is written. `vectors` is one (n, dim) array of unit
-    vectors, or its rows as chunks in order (an indexer's batches, written without first
-    being copied into one array)."""
+    vectors, its rows as chunks in order (batches, written without first being copied into one
+    array), or a VectorSpool holding them on disk (an indexer's gathered rows)."""
 
-    vectors: np.ndarray | list[np.ndarray]
+    vectors: np.ndarray | list[np.ndarray] | VectorSpool
     meta: pa.Table  # META_SCHEMA, one row per vector, same order
 
-    def chunks(self) -> list[np.ndarray]:
+    def chunks(self) -> Iterable[np.ndarray]:
+        """The rows in order, a chunk at a time (a spool is read back from its file)."""
+        if isinstance(self.vectors, VectorSpool):
+            return self.vectors.chunks()
         chunks = [self.vectors] if isinstance(self.vectors, np.ndarray) else list(self.vectors)
         if not chunks:
             raise ValueError("a shard's vectors need at least one chunk (an empty (0, dim) array for none)")
@@ -82,7 +85,15 @@ class ShardData:
 
     @property
     def rows(self) -> int:
+        if isinstance(self.vectors, VectorSpool):
+            return self.vectors.rows
         return int(sum(len(c) for c in self.chunks()))
+
+    @property
+    def dim(self) -> int:
+        if isinstance(self.vectors, VectorSpool):
+            return self.vectors.dim
+        return int(next(iter(self.chunks())).shape[1])
 
 
 @dataclass(frozen=True)
@@ -143,13 +154,12 @@ def _trained_index(path: Path) -> Any:
 def write_shard(index_dir: Path, name: str, data: ShardData, trained: Any | None) -> ShardInfo:
     """Build the shard in `shards/.tmp-<name>`, fsync every file, rename to `shards/<name>`."""
     tmp = _fresh_tmp(index_dir, name)
-    chunks, rows = data.chunks(), data.rows
-    _write_vectors_and_index(tmp, chunks, rows, int(chunks[0].shape[1]), trained)
+    _write_vectors_and_index(tmp, data.chunks(), data.rows, data.dim, trained)
     meta = conform_meta(data.meta)
     pq.write_table(meta, tmp / META_FILE, compression="zstd")
     with MetaMapWriter(tmp / META_MAP_FILE, META_SCHEMA) as mapped:
         mapped.write(meta)
-    return _publish(index_dir, tmp, name, rows)
+    return _publish(index_dir, tmp, name, data.rows)
 
 
 def merge_shards(index_dir: Path, name: str, parts: list[tuple[ShardInfo, np.ndarray]], dim: int,

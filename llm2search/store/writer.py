@@ -21,6 +21,7 @@ from ..models.spec import identities_match
 from .atomic import write_atomic
 from .columns import empty_table
 from .jobs import JOBS, JobState, read_state, write_state, write_units
+from .memory import release_freed_memory
 from .readers import live_pins
 from .verify import require_intact
 from .manifest import (
@@ -297,6 +298,7 @@ class IndexWriter:
                 out.append(self._written(reindex_shard(self.dir, group[0], self._next_name(), trained)))
             else:
                 out.append(self._merge(group, trained))
+            release_freed_memory()  # one shard's index and metadata buffers, before the next
         return out
 
     def compact_after_run(self, shard_size: int) -> bool:
@@ -314,7 +316,10 @@ class IndexWriter:
         small = [s for s in self.manifest.shards if s.count < min_rows and self._usable(s)]
         if len(small) < 2 and not any(s.deleted for s in small):
             return False
-        merged = [self._merge(group, self._trained_index()) for group in _pack(small, max_rows)]
+        merged = []
+        for group in _pack(small, max_rows):
+            merged.append(self._merge(group, self._trained_index()))
+            release_freed_memory()  # one shard's index and metadata buffers, before the next
         merged_names = {s.name for s in small}
         keep_shards = [s for s in self.manifest.shards if s.name not in merged_names]
         self.manifest = commit_manifest(self.dir, replace(self.manifest, shards=tuple(keep_shards + merged)))

@@ -1,0 +1,58 @@
+"""Keep a long run's memory from stacking up: freed memory given back to the OS between phases,
+and large buffers taken from the OS directly, so freeing them gives their pages back.
+
+Arrow's allocator (mimalloc in the pyarrow wheels) keeps the pages of freed tables for reuse,
+and glibc keeps freed heap; neither can hand its pages to the other. An indexing run frees its
+change plan (Arrow: a path per file) before training and compaction, which allocate through
+numpy and faiss (glibc): without `release_freed_memory`, both peaks stack. At the end of a
+150k-file run (no-op embedder) it took the main process from 489 to 429 MiB RSS before training.
+
+glibc serves a request above its mmap threshold from its own mapping, but raises that threshold
+to the largest block freed so far (up to 32 MiB): after the first 10-20 MiB chunk is freed, every
+later chunk of a merge or a training step comes from the heap, whose freed space is kept.
+`map_large_blocks` pins the threshold at 1 MiB.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import functools
+from typing import Any
+
+M_MMAP_THRESHOLD = -3  # mallopt parameter (malloc.h)
+LARGE_BLOCK_BYTES = 1 << 20
+
+
+def release_freed_memory() -> None:
+    """Return freed Arrow pool pages and glibc heap to the OS (best effort; a no-op elsewhere)."""
+    try:
+        import pyarrow as pa
+
+        pa.default_memory_pool().release_unused()
+    except (ImportError, AttributeError):
+        pass
+    libc = _glibc()
+    if libc is not None:
+        libc.malloc_trim(0)
+
+
+def map_large_blocks(threshold: int = LARGE_BLOCK_BYTES) -> bool:
+    """Serve glibc allocations of `threshold` bytes or more from their own mappings for the rest
+    of the process (freed at once, never kept in the heap). False where this is not glibc."""
+    libc = _glibc()
+    return bool(libc is not None and libc.mallopt(M_MMAP_THRESHOLD, int(threshold)))
+
+
+@functools.lru_cache(maxsize=1)
+def _glibc() -> Any:
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+        if libc is None or not hasattr(libc, "malloc_trim") or not hasattr(libc, "mallopt"):
+            return None  # not glibc (musl, macOS, Windows)
+        libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+        libc.malloc_trim.argtypes = [ctypes.c_size_t]
+        return libc
+    except OSError:
+        return None
