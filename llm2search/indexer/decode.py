@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import os
 import stat
@@ -39,10 +40,11 @@ class _NativeStderr:
     """C libraries (libtiff above all) print warnings and errors straight to file descriptor 2,
     around Python. While a file is decoded, fd 2 points at a scratch file; whatever landed there
     is appended to the log with the file's name, so the terminal shows only llm2search's own
-    output. One scratch file per process, reused."""
+    output. One scratch file per process, reused, closed when the process exits."""
 
     def __init__(self) -> None:
         self._scratch = tempfile.TemporaryFile()
+        atexit.register(self._scratch.close)
 
     def run(self, path: str, log_path: str, job):  # type: ignore[no-untyped-def]
         sys.stderr.flush()
