@@ -10,7 +10,13 @@ Imports are lazy: `import llm2search` loads neither torch nor faiss.
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Any
+
+# Arrow's C++ allocator is chosen once, when pyarrow loads: unless the user chose one, it is
+# glibc's (Arrow's "system" pool) rather than mimalloc, whose per-thread pages freed Parquet
+# reads do not give back (store/memory.py). No effect when pyarrow was imported first.
+os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
 
 from .errors import (
     IndexCorruptError, IndexLockedError, IndexNotFoundError, InputPathError, InvalidQueryError,

@@ -20,7 +20,7 @@ from ..models.preprocess import DEFAULT_MAX_PIXELS
 from ..models.presets import resolve_model, spec_for_index
 from ..models.spec import ModelSpec
 from ..store.manifest import index_exists, read_manifest
-from ..store.memory import map_large_blocks, release_freed_memory
+from ..store.memory import lean_memory, release_freed_memory
 from ..store.columns import empty_table
 from ..store.shard import META_SCHEMA, ShardData, open_shard_vectors
 from ..store.vector_file import VectorSpool
@@ -156,8 +156,8 @@ def _index(folder: str | Path, index_dir: str | Path, config: IndexingConfig, em
     spec = embedder.spec if embedder is not None else choose_model(index_dir, config.model)
     started = time.monotonic()
     report = IndexReport(str(folder), str(index_dir))
-    map_large_blocks()  # freed chunks of merges and training go back to the OS (store/memory.py)
-    with IndexWriter(index_dir, spec.identity(), spec.dim, config.index) as writer:
+    # lean_memory: what a phase frees goes back to the OS before the next (store/memory.py)
+    with lean_memory(), IndexWriter(index_dir, spec.identity(), spec.dim, config.index) as writer:
         run = _Run(writer, spec, config, report, str(folder), embedder, roots)
         try:
             run.execute()
