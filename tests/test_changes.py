@@ -112,5 +112,9 @@ def test_plan_of_an_empty_index_and_a_single_file_root(tmp_path: Path) -> None:
     plan = plan_changes(scan, state, "/p/a.jpg", ERRORS_SCHEMA.empty_table())
     assert plan.embed.column("path").to_pylist() == ["/p/a.jpg"] and plan.deleted == {}
     assert plan.vectors_by_hash().find(f"{1:032x}") is None
+    first = plan_changes(scan_table([FileEntry(f"/p/{i}.jpg", i, i) for i in range(5)], batch_rows=2), state, "/p",
+                         ERRORS_SCHEMA.empty_table())  # every file is new: the scan's own columns
+    assert first.embed.column("path").to_pylist() == [f"/p/{i}.jpg" for i in range(5)]
+    assert first.embed.column("old_shard").null_count == 5 and first.embed.column("size").to_pylist() == list(range(5))
     empty = plan_changes(scan_table([]), state, "/p", ERRORS_SCHEMA.empty_table())
     assert empty.embed.num_rows == 0 and empty.scanned == 0

@@ -161,8 +161,9 @@ def plan_changes(scan: ScanResult, state: IndexState, root: str, errors: pa.Tabl
         old_shard[replaced] = np.array(state.shards, dtype=object)[_ints(live.column("shard").take(old_at))]
         old_row[replaced] = _ints(live.column("row").take(old_at))
     todo_at = _indices(todo)
+    # Every file to embed (a first run): the scan's own columns, not a copy of them (~80 B a file).
     embed = pa.Table.from_arrays([
-        *(files.column(c).take(todo_at) for c in SCAN_SCHEMA.names),
+        *(files.column(c) if len(todo) == n else files.column(c).take(todo_at) for c in SCAN_SCHEMA.names),
         columns.strings(old_shard.tolist()),
         columns.array(old_row, pa.int64(), mask=~replaced),
     ], schema=EMBED_SCHEMA)
