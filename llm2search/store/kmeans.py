@@ -13,6 +13,7 @@ import numpy as np
 
 NITER = 10  # faiss's default for IVF coarse quantizers (ClusteringParameters of IndexIVF)
 SPLIT_EPS = 1.0 / 1024  # how far apart a split cluster's two centroids start (faiss's EPS)
+REDUCE_ROWS = 256  # rows of a chunk sorted by cluster and summed per step
 
 
 def spherical_kmeans(chunks: Callable[[], Iterable[np.ndarray]], init: np.ndarray, niter: int = NITER,
@@ -25,22 +26,23 @@ def spherical_kmeans(chunks: Callable[[], Iterable[np.ndarray]], init: np.ndarra
     centroids = _unit(np.array(init, dtype=np.float32))
     k, d = centroids.shape
     for _ in range(niter):
-        quantizer = faiss.IndexFlatIP(d)
-        quantizer.add(centroids)
         sums = np.zeros((k, d), dtype=np.float32)
         counts = np.zeros(k, dtype=np.int64)
         for chunk in chunks():
             x = np.ascontiguousarray(chunk, dtype=np.float32)
-            labels = quantizer.search(x, 1)[1][:, 0]
-            order = np.argsort(labels, kind="stable")
-            sorted_labels = labels[order]
-            starts = np.flatnonzero(np.r_[True, sorted_labels[1:] != sorted_labels[:-1]])
-            sums[sorted_labels[starts]] += np.add.reduceat(x[order], starts, axis=0)
+            # nearest centroid by inner product, on the array itself (an IndexFlatIP would copy it)
+            labels = faiss.knn(x, centroids, 1, metric=faiss.METRIC_INNER_PRODUCT)[1][:, 0]
             counts += np.bincount(labels, minlength=k)
-        filled = counts > 0
-        centroids[filled] = sums[filled] / counts[filled, None]
+            for start in range(0, len(x), REDUCE_ROWS):  # sorted copies of a slice, not of the chunk
+                part = labels[start:start + REDUCE_ROWS]
+                order = np.argsort(part, kind="stable")
+                sorted_labels = part[order]
+                starts = np.flatnonzero(np.r_[True, sorted_labels[1:] != sorted_labels[:-1]])
+                sums[sorted_labels[starts]] += np.add.reduceat(x[start:start + REDUCE_ROWS][order], starts, axis=0)
+        filled = counts > 0  # in place: no (k, d) temporaries beside the centroids and sums
+        np.divide(sums, np.maximum(counts, 1)[:, None].astype(np.float32), out=centroids, where=filled[:, None])
         _split_empty(centroids, counts, rng)
-        centroids = _unit(centroids)
+        _unit_in_place(centroids)
     return centroids
 
 
@@ -58,6 +60,11 @@ def _split_empty(centroids: np.ndarray, counts: np.ndarray, rng: np.random.Gener
         centroids[donor] = centroids[donor] * (1 - SPLIT_EPS * sign)
         counts[empty] = counts[donor] // 2
         counts[donor] -= counts[empty]
+
+
+def _unit_in_place(x: np.ndarray) -> None:
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    x /= np.where(norms > 0, norms, 1)
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
