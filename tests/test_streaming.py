@@ -12,9 +12,10 @@ import pytest
 
 from llm2search.store import kmeans, shard as shard_module, vector_file
 from llm2search.store.manifest import read_manifest
-from llm2search.store.shard import META_SCHEMA, ShardData, open_shard_index, open_shard_vectors, read_shard_meta
+from llm2search.store.shard import (META_SCHEMA, ShardData, open_shard_index, open_shard_vectors, read_shard_meta,
+                                    shard_dir)
 from llm2search.store.vector_file import VectorReader, VectorSpool, VectorWriter
-from llm2search.store.vector_index import IndexConfig, coarse_quantizer, read_index, train_ivfpq
+from llm2search.store.vector_index import IndexConfig, coarse_quantizer, read_index, read_shard_index, train_ivfpq
 from llm2search.store.writer import IndexWriter
 
 DIM = 16
@@ -211,6 +212,84 @@ def test_a_flat_index_file_written_a_chunk_at_a_time_is_the_one_faiss_writes(
     with pytest.raises(ValueError):
         long.write(x[:3])
     long.abort()
+
+
+def _trained_ivf(rng: np.random.Generator, nlist: int = 16) -> tuple[np.ndarray, object]:
+    """Rows in a few tight clusters (lists of several 32-code blocks, a partial last block,
+    lists of one code and empty lists) and a template trained on them."""
+    centers = _unit(rng.standard_normal((5, DIM)))
+    x = np.concatenate([np.repeat(centers, [400, 150, 33, 1, 2], axis=0), rng.standard_normal((300, DIM))])
+    x[:586] += 0.02 * rng.standard_normal((586, DIM))
+    x = _unit(x)
+    trained, _ = train_ivfpq(x, nlist)
+    return x, trained
+
+
+def test_an_ivfpq_index_written_list_by_list_is_the_one_faiss_builds(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """IvfPqIndexWriter encodes each chunk as it passes, spools the codes to a scratch file and
+    packs them list by list: the file is byte for byte what faiss's add and write give (small
+    encode steps and pack groups here, so several of each), it reads back, the scratch file is
+    gone, and a wrong row count is refused."""
+    from llm2search.store import ivf_writer
+    from llm2search.store.vector_index import build_shard_index, shard_index_bytes
+
+    monkeypatch.setattr(ivf_writer, "ENCODE_CHUNK_ROWS", 70)
+    monkeypatch.setattr(ivf_writer, "GROUP_BYTES", 64)
+    x, trained = _trained_ivf(np.random.default_rng(8))
+    x16 = x.astype(np.float16)
+    assert ivf_writer.layout_known(trained, tmp_path)
+    writer = ivf_writer.IvfPqIndexWriter(tmp_path / "index.faiss", len(x), trained, tmp_path)
+    for part in (x16[:1], x16[1:1], x16[1:500], x16[500:]):
+        writer.write(part)
+    writer.close()
+    want = shard_index_bytes(build_shard_index(x16, trained))
+    assert (tmp_path / "index.faiss").read_bytes() == want
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["index.faiss"]  # no scratch file left
+    assert read_shard_index(tmp_path / "index.faiss", coarse_quantizer(trained)).ntotal == len(x)
+    short = ivf_writer.IvfPqIndexWriter(tmp_path / "short.faiss", len(x), trained, tmp_path)
+    short.write(x16[:10])
+    with pytest.raises(ValueError):
+        short.close()
+    long = ivf_writer.IvfPqIndexWriter(tmp_path / "long.faiss", 2, trained, tmp_path)
+    with pytest.raises(ValueError):
+        long.write(x16[:3])
+    long.abort()
+
+
+@pytest.mark.parametrize("layout", ["streamed", "faiss builds it"])
+def test_an_ivfpq_shard_is_the_same_whether_streamed_or_built_by_faiss(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, layout: str) -> None:
+    """A commit into a trained IVF-PQ index writes its shard through IvfPqIndexWriter; where
+    the layout check fails (another faiss), faiss builds the index in memory. Same files."""
+    from llm2search.store.vector_index import build_shard_index, shard_index_bytes
+
+    if layout != "streamed":
+        monkeypatch.setattr(shard_module, "ivf_layout_known", lambda trained, scratch: False)
+    streamed: list[int] = []
+    real_writer = shard_module.IvfPqIndexWriter
+
+    def counting_writer(path: Path, rows: int, trained: object, scratch: Path) -> object:
+        streamed.append(rows)
+        return real_writer(path, rows, trained, scratch)
+
+    monkeypatch.setattr(shard_module, "IvfPqIndexWriter", counting_writer)
+    rng = np.random.default_rng(9)
+    config = IndexConfig(ivf_threshold=500, nlist=8, ivf_shard_rows=10**6)
+    parts = [_unit(rng.standard_normal((n, DIM))) for n in (600, 250)]
+    index = tmp_path / "index"
+    with IndexWriter(index, {"name": "t", "dim": DIM}, DIM, config) as w:
+        w.commit(ShardData(parts[0], _meta(0, 600)))
+        w.maybe_train()
+        w.commit(ShardData(parts[1], _meta(600, 250)))
+    manifest = read_manifest(index)
+    assert manifest.trained
+    trained = read_index(index / manifest.trained["file"], mmap=False)
+    last = manifest.shards[-1]
+    want = shard_index_bytes(build_shard_index(parts[1].astype(np.float16), trained))
+    assert (shard_dir(index, last.name) / "index.faiss").read_bytes() == want
+    assert open_shard_index(index, last, coarse_quantizer(trained)).ntotal == 250
+    assert (250 in streamed) == (layout == "streamed") and (streamed == []) == (layout != "streamed")
 
 
 def test_the_indexer_gathers_a_shard_in_blocks(tmp_path: Path, tiny_model: Path,

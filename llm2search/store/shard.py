@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 from .columns import array as column_array
 from .atomic import fsync_dir, fsync_file, write_atomic
 from .manifest import SHARD_NAME, SHARDS, ShardInfo
+from .ivf_writer import IvfPqIndexWriter, layout_known as ivf_layout_known
 from .meta_map import META_MAP_FILE, MetaMapWriter, ShardMeta, random_access
 from .vector_file import VectorReader, VectorSpool, VectorWriter
 from .vector_index import FlatIndexWriter, build_shard_index, read_shard_index, write_shard_index
@@ -208,19 +209,21 @@ def _write_vectors_and_index(tmp: Path, chunks: Iterable[np.ndarray], rows: int,
 
 
 def _write_index(path: Path, chunks: Iterable[np.ndarray], rows: int, dim: int, trained: Any | None) -> None:
-    """A shard's index.faiss from its rows' chunks in order: a Flat index is written as they
-    pass (FlatIndexWriter: never the shard's float32 copy in memory); an IVF-PQ copy of
-    `trained` holds its codes until it is written without the shared centroids."""
-    if trained is not None:
+    """A shard's index.faiss from its rows' chunks in order, written as they pass: Flat by
+    FlatIndexWriter (never the shard's float32 copy in memory), IVF-PQ by IvfPqIndexWriter
+    (codes to a scratch file, then packed list by list; without the shared centroids). Where
+    this faiss's layout differs, faiss builds the IVF-PQ index in memory and writes it."""
+    if trained is not None and not ivf_layout_known(trained, path.parent):
         write_shard_index(build_shard_index(chunks, trained, dim, rows), path)
         return
-    flat = FlatIndexWriter(path, rows, dim)
+    writer: FlatIndexWriter | IvfPqIndexWriter
+    writer = FlatIndexWriter(path, rows, dim) if trained is None else IvfPqIndexWriter(path, rows, trained, path.parent)
     try:
         for chunk in chunks:
-            flat.write(chunk)
-        flat.close()
+            writer.write(chunk)
+        writer.close()
     except BaseException:
-        flat.abort()
+        writer.abort()
         raise
 
 

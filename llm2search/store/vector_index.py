@@ -3,13 +3,14 @@ threshold, with one trained quantizer shared by every shard so shard results are
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import struct
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 
@@ -31,13 +32,16 @@ IVF_SHARD_ROWS = 500_000
 # ... and at least this many rows per list, so the padding stays ~15.5 x 80 / 256 = 4.8 B/vector
 # whatever nlist is (DESIGN §7): 2.1M rows at 8,192 lists, 16.8M at 65,536.
 SHARD_ROWS_PER_LIST = 256
-# Rows converted to float32 per faiss add (21 MB at 1280-d) and per k-means step. faiss's add
-# and our k-means each hold about 3 copies of a chunk (float32, residuals or the sorted copy):
-# at 1M rows and 2,048 lists, 16,384-row chunks peaked 97 MiB (add) and 258 MiB (one k-means
-# iteration) over the process, 4,096-row chunks 26 and 108 MiB, in the same time or less
-# (1 thread: 12.7 vs 13.7 s and 13.2 vs 14.3 s).
-ADD_CHUNK_ROWS = 4_096
-KMEANS_CHUNK_ROWS = 4_096
+# Rows converted to float32 per faiss add (10 MB at 1280-d) and per k-means step. faiss's add
+# and our k-means each hold about 3 copies of a chunk (float32, residuals or the sorted copy, and
+# faiss's inner-product block): at 1M rows and 2,048 lists, 16,384-row chunks peaked 97 MiB (add)
+# and 258 MiB (one k-means iteration) over the process, 4,096-row chunks 26 and 108 MiB, in the
+# same time or less (1 thread: 12.7 vs 13.7 s and 13.2 vs 14.3 s). 2,048 rows: 3 k-means iterations
+# on a 131,072-row sample peaked 82 MiB instead of 105, in the same 13-14 s (bench/README.md,
+# "At 1M files, streamed"). Shard indexes are now written by ivf_writer.py, which encodes 2,048
+# rows per step too; faiss's add here serves the fallback and callers' own indexes.
+ADD_CHUNK_ROWS = 2_048
+KMEANS_CHUNK_ROWS = 2_048
 
 
 @dataclass(frozen=True)
@@ -272,16 +276,33 @@ def write_shard_index(index: Any, path: Path) -> None:
     loaded once, from the trained file, instead of once per shard. Flat indexes are written whole."""
     import faiss
 
+    with _without_centroids(index):
+        faiss.write_index(index, str(path))
+
+
+def shard_index_bytes(index: Any) -> bytes:
+    """What write_shard_index would write, in memory (for small indexes: layout checks)."""
+    import faiss
+
+    with _without_centroids(index):
+        return bytes(faiss.serialize_index(index))
+
+
+@contextlib.contextmanager
+def _without_centroids(index: Any) -> Iterator[None]:
+    """An IVF index's coarse quantizer swapped for an empty one while the block runs."""
+    import faiss
+
     ivf = faiss.try_extract_index_ivf(index)
     if ivf is None:
-        faiss.write_index(index, str(path))
+        yield
         return
     centroids, owned = ivf.quantizer, ivf.own_fields
     placeholder = faiss.IndexFlat(ivf.d, ivf.metric_type)  # empty: a few bytes on disk
     ivf.own_fields = False  # the placeholder belongs to Python; never let faiss free it
     ivf.quantizer = placeholder
     try:
-        faiss.write_index(index, str(path))
+        yield
     finally:
         ivf.quantizer = centroids
         ivf.own_fields = owned
