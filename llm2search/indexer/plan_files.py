@@ -29,9 +29,13 @@ class PlanFiles:
         self._fh: IO[bytes] | None = None
         if self.rows >= SPILL_ROWS:
             self._fh = tempfile.TemporaryFile(dir=directory, prefix=".plan.tmp-")
-            with pa.ipc.new_stream(pa.PythonFile(self._fh, mode="w"), EMBED_SCHEMA) as out:
-                for batch in embed.to_batches(max_chunksize=BATCH_ROWS):
-                    out.write_batch(batch)
+            try:
+                with pa.ipc.new_stream(pa.PythonFile(self._fh, mode="w"), EMBED_SCHEMA) as out:
+                    for batch in embed.to_batches(max_chunksize=BATCH_ROWS):
+                        out.write_batch(batch)
+            except BaseException:  # a full disk, say: the scratch file goes, the error is the caller's
+                self.close()
+                raise
             self._table = None
 
     @property
