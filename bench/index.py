@@ -35,11 +35,12 @@ PHOTO_SIZE = (640, 480)  # generated JPEGs: ~40 KB, decoded in full (no draft at
 DISTINCT_BASES = 200  # distinct pictures; every file gets unique trailing bytes (unique hash)
 
 CHILD = r"""
-import json, resource, sys
+import json, sys
 import numpy as np
 sys.path.insert(0, sys.argv[5])
 from llm2search.indexer.pipeline import IndexingConfig, index_folder
 from llm2search.models.presets import resolve_model
+from llm2search.store.memory import peak_rss_mib
 folder, index, model, mode = sys.argv[1:5]
 
 class NoOpEmbedder:
@@ -53,23 +54,12 @@ class NoOpEmbedder:
         v = self._rng.standard_normal((len(pixels), self.dim)).astype(np.float32)
         return v / np.linalg.norm(v, axis=1, keepdims=True)
 
-def own_peak_mib():
-    # This process's own high-water mark. Not ru_maxrss: Python starts children with vfork, and
-    # Linux folds the parent's high-water mark into the child's at exec: under a parent holding
-    # 1 GiB, a child whose own VmHWM was 13 MiB reported ru_maxrss 1,037 MiB (checked), and under
-    # the test suite's pytest this bench's child read 394 MiB with its sampled tree at 372.
-    try:
-        with open("/proc/self/status") as fh:
-            return next(int(l.split()[1]) for l in fh if l.startswith("VmHWM:")) / 1024
-    except (OSError, StopIteration):
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
 config = IndexingConfig(model=model, progress=False)
 embedder = NoOpEmbedder(resolve_model(model)) if mode == "noop" else None
 report = index_folder(folder, index, config, embedder=embedder)
 print(json.dumps({"seconds": report.seconds, "embedded": report.embedded, "failed": report.failed,
                   "images_per_s": report.images_per_second, "index_type": report.index_type,
-                  "peak_rss_mib": own_peak_mib()}))
+                  "peak_rss_mib": peak_rss_mib()}))  # VmHWM, not ru_maxrss
 """
 
 

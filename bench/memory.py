@@ -22,17 +22,18 @@ import numpy as np
 from PIL import Image
 
 CHILD = r"""
-import json, resource, sys, time
+import json, sys, time
 from llm2search.indexer.pipeline import IndexingConfig, index_folder
+from llm2search.store.memory import peak_rss_mib
 folder, index, model = sys.argv[1:4]
 config = IndexingConfig(model=model, workers=1, batch_size=64, progress=False)
 first = index_folder(folder, index, config)
-peak_self = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+peak_self = peak_rss_mib()  # VmHWM, not ru_maxrss (which holds the vfork parent's)
 start = time.perf_counter()
 again = index_folder(folder, index, config)
 rerun = time.perf_counter() - start
 print(json.dumps({"seconds": first.seconds, "images_per_s": first.images_per_second,
-                  "peak_rss_mib": peak_self / 1024,
+                  "peak_rss_mib": peak_self,
                   "rerun_seconds": rerun, "rerun_embedded": again.embedded,
                   "rerun_unchanged": again.unchanged, "live": again.live}))
 """

@@ -181,6 +181,7 @@ import numpy as np
 sys.path.insert(0, sys.argv[4])
 from llm2search.indexer.pipeline import IndexingConfig, index_folder
 from llm2search.models.presets import resolve_model
+from llm2search.store.memory import peak_rss_mib
 
 
 class NoOpEmbedder:
@@ -198,9 +199,7 @@ if __name__ == "__main__":
     folder, index, model = sys.argv[1:4]
     report = index_folder(folder, index, IndexingConfig(model=model, progress=False),
                           embedder=NoOpEmbedder(resolve_model(model)))
-    with open("/proc/self/status") as fh:  # VmHWM, not ru_maxrss (see run_measured)
-        hwm_kib = int(fh.read().split("VmHWM:")[1].split()[0])
-    print(json.dumps({**report.to_json(), "peak_rss_mib": hwm_kib / 1024}))
+    print(json.dumps({**report.to_json(), "peak_rss_mib": peak_rss_mib()}))  # VmHWM (see run_measured)
 """
 
 
