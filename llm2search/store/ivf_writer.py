@@ -84,8 +84,8 @@ class IvfPqIndexWriter:
         group_lists = max(1, GROUP_BYTES // max(1, code_size * max(1, int(counts.mean()))))
         for lo in range(0, nlist, group_lists):
             hi = min(nlist, lo + group_lists)
-            rows, codes = self._group(lo, hi)  # sorted by list, then row
-            bounds = np.searchsorted(self._lists[rows], np.arange(lo, hi + 1)) if len(rows) else np.zeros(hi - lo + 1, int)
+            rows, lists, codes = self._group(lo, hi)  # sorted by list, then row
+            bounds = np.searchsorted(lists, np.arange(lo, hi + 1))
             for i in range(hi - lo):
                 a, b = int(bounds[i]), int(bounds[i + 1])
                 out.write(struct.pack("<Q", b - a))
@@ -94,8 +94,8 @@ class IvfPqIndexWriter:
                 out.write(struct.pack("<Q", len(packed)))
                 out.write(packed.tobytes())
 
-    def _group(self, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
-        """Row numbers and codes of the rows in lists [lo, hi), by list then row."""
+    def _group(self, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Row numbers, list numbers and codes of the rows in lists [lo, hi), by list then row."""
         rows, codes, at = [], [], 0
         for chunk in self._codes.chunks():
             lists = self._lists[at:at + len(chunk)]
@@ -105,8 +105,9 @@ class IvfPqIndexWriter:
             at += len(chunk)
         row = np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64)
         code = np.concatenate(codes) if codes else np.zeros((0, self._ivf.code_size), dtype=np.uint8)
-        order = np.argsort(self._lists[row], kind="stable")
-        return row[order], code[order]
+        lists = self._lists[row]
+        order = np.argsort(lists, kind="stable")
+        return row[order], lists[order], code[order]
 
     def _pack(self, codes: np.ndarray) -> np.ndarray:
         import faiss
